@@ -1,0 +1,35 @@
+# shield: set-up and checks. `make test` works on a fresh Debian machine with
+# Python 3.11: it creates .venv, installs the project with its test extras and
+# the Debian packages the tests need, then runs the whole suite.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages the test-suite uses: the reference Go yamux for interop.
+DEBIAN_TEST_PACKAGES := golang-go golang-github-hashicorp-yamux-dev
+YAMUX_GO_SRC := /usr/share/gocode/src/github.com/hashicorp/yamux
+
+.PHONY: test venv debian-test-deps clean
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+debian-test-deps:
+	@if ! command -v go >/dev/null || [ ! -d $(YAMUX_GO_SRC) ]; then \
+		echo "installing Debian packages: $(DEBIAN_TEST_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBIAN_TEST_PACKAGES); \
+	fi
+
+test: venv debian-test-deps
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
