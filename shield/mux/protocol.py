@@ -1,0 +1,399 @@
+"""The Twisted adapter: runs a yamux ``Session`` over any transport (TCP, TLS, in-memory).
+
+One ``MuxProtocol`` per link. It feeds received bytes to the sans-IO core, turns the core's events
+into calls on ``MuxStream`` transports, and writes the core's output once per reactor turn so many
+small writes coalesce into few frames and one transport write. It is the push producer of its own
+transport: when TLS or TCP buffers fill up, stream data stays queued in the streams (whose
+producers are then paused), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from shield.mux.config import MuxConfig
+from shield.mux.errors import SessionClosedError
+from shield.mux.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+    StreamRejected,
+    StreamReset,
+    WindowUpdated,
+)
+from shield.mux.frames import GoAwayCode
+from shield.mux.session import Session
+from shield.mux.stream import MuxStream, MuxStreamAddress
+
+#: After a protocol error, how long the peer gets to read our GoAway before the link is cut.
+GO_AWAY_LINGER = 5.0
+
+
+def _default_clock() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor  # type: ignore[return-value]
+
+
+@implementer(IPushProducer)
+class MuxProtocol(Protocol):
+    """A yamux session over ``self.transport``; streams are ``MuxStream`` transports.
+
+    ``client`` is True on the side that opened the underlying connection (odd stream ids).
+    Streams the peer opens get a protocol from ``stream_factory.buildProtocol(address)``; a
+    factory returning None (or no factory at all) refuses the stream with RST.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        client: bool,
+        config: MuxConfig | None = None,
+        stream_factory: IProtocolFactory | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.config = config if config is not None else MuxConfig()
+        self.session = Session(client, self.config)
+        self.stream_factory = stream_factory
+        self.streams: dict[int, MuxStream] = {}
+        self._clock = clock if clock is not None else _default_clock()
+        self._dirty: dict[int, MuxStream] = {}
+        self._flush_call: IDelayedCall | None = None
+        self._dispatching = False
+        self._transport_paused = False
+        self._keepalive: LoopingCall | None = None
+        self._ping_waiters: dict[int, tuple[Deferred[float], float]] = {}
+        self._closed_waiters: list[Deferred[str]] = []
+        self._peer_away_waiters: list[Deferred[int]] = []
+        self._going_away = False
+        self._connected = False
+        self._close_reason: str | None = None
+        self._peer_away_code: int | None = None
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def open_stream(self, protocol: IProtocol) -> MuxStream:
+        """Open a stream to the peer and connect ``protocol`` to it.
+
+        Raises ``GoingAwayError``, ``StreamLimitError`` or ``SessionClosedError`` (shield.mux.errors)
+        when no stream can be opened now.
+        """
+        if not self._connected:
+            raise SessionClosedError(self._close_reason or "mux session is not connected")
+        stream_id = self.session.open_stream()
+        stream = self._new_stream(stream_id)
+        self.schedule_flush(None)
+        stream.attach(protocol)
+        return stream
+
+    def ping(self) -> Deferred[float]:
+        """Measure the round trip to the peer (seconds)."""
+        now = self._clock.seconds()
+        opaque = self.session.ping(now)
+        waiter: Deferred[float] = Deferred()
+        self._ping_waiters[opaque] = (waiter, now)
+        self.schedule_flush(None)
+        return waiter
+
+    def go_away(self) -> Deferred[str]:
+        """Refuse new streams, let open ones finish, then close the link.
+
+        The Deferred fires with the close reason once the connection is gone.
+        """
+        closed = self.when_closed()
+        if self._connected and not self._going_away:
+            self._going_away = True
+            self.session.go_away()
+            self.log.info("mux {peer}: going away, {n} streams still open", peer=self._peer(), n=len(self.streams))
+            self.schedule_flush(None)
+            self._close_if_drained()
+        return closed
+
+    def when_closed(self) -> Deferred[str]:
+        """Fires with a human-readable reason once the underlying connection is gone."""
+        if self._close_reason is not None and not self._connected:
+            return succeed(self._close_reason)
+        waiter: Deferred[str] = Deferred()
+        self._closed_waiters.append(waiter)
+        return waiter
+
+    def when_peer_goes_away(self) -> Deferred[int]:
+        """Fires with the GoAway code once the peer refuses new streams."""
+        if self._peer_away_code is not None:
+            return succeed(self._peer_away_code)
+        waiter: Deferred[int] = Deferred()
+        self._peer_away_waiters.append(waiter)
+        return waiter
+
+    @property
+    def going_away(self) -> bool:
+        return self.session.local_go_away or self.session.remote_go_away
+
+    # -- Protocol ------------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        self.transport.registerProducer(self, True)
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+        interval = self.config.keepalive_interval
+        if interval > 0:
+            self._keepalive = LoopingCall(self._keepalive_tick)
+            self._keepalive.clock = self._clock
+            self._keepalive.start(interval, now=False)
+
+    def dataReceived(self, data: bytes) -> None:
+        events = self.session.receive_data(data, self._clock.seconds())
+        self._dispatching = True
+        try:
+            for event in events:
+                self._dispatch(event)
+        finally:
+            self._dispatching = False
+        self._flush()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._connected = False
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if self._close_reason is None:
+            self._close_reason = _describe(reason)
+        if self.session.terminated is None:
+            self.session.terminate(GoAwayCode.NORMAL, self._close_reason)
+        for stream in list(self.streams.values()):
+            stream.session_lost(self._close_reason)
+        self.streams.clear()
+        self._dirty.clear()
+        pings, self._ping_waiters = self._ping_waiters, {}
+        for waiter, _ in pings.values():
+            waiter.errback(SessionClosedError(self._close_reason))
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for closed in waiters:
+            closed.callback(self._close_reason)
+
+    # -- IPushProducer: our transport's buffer is full / has room -------------------------------
+
+    def pauseProducing(self) -> None:
+        self._transport_paused = True
+
+    def resumeProducing(self) -> None:
+        self._transport_paused = False
+        self.schedule_flush(None)
+
+    def stopProducing(self) -> None:
+        self._transport_paused = True
+
+    # -- StreamHost: what streams call ---------------------------------------------------------
+
+    def schedule_flush(self, stream: MuxStream | None) -> None:
+        if stream is not None and stream.stream_id in self.streams:
+            self._dirty[stream.stream_id] = stream
+        if self._dispatching or self._flush_call is not None or not self._connected:
+            return
+        self._flush_call = self._clock.callLater(0, self._flush)
+
+    def stream_finished(self, stream: MuxStream) -> None:
+        self.streams.pop(stream.stream_id, None)
+        self._dirty.pop(stream.stream_id, None)
+        self._close_if_drained()
+
+    def call_later(self, delay: float, f: Callable[..., Any], *args: object) -> IDelayedCall:
+        return self._clock.callLater(delay, f, *args)
+
+    def link_address(self, peer: bool) -> IAddress | None:
+        if self.transport is None:
+            return None
+        return self.transport.getPeer() if peer else self.transport.getHost()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _new_stream(self, stream_id: int) -> MuxStream:
+        stream = MuxStream(
+            self, stream_id, self.config.write_buffer_high_water, self.config.stream_close_timeout
+        )
+        self.streams[stream_id] = stream
+        return stream
+
+    def _flush(self) -> None:
+        """Frame queued stream data (unless the transport is full) and write it in one go."""
+        self._flush_call = None
+        if not self._connected:
+            return
+        session = self.session
+        if not self._transport_paused and self._dirty and session.terminated is None:
+            dirty, self._dirty = self._dirty, {}
+            for stream in dirty.values():
+                stream.flush_into(session)
+                if stream.has_output and session.send_window(stream.stream_id) > 0:
+                    self._dirty[stream.stream_id] = stream
+        data = session.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case DataReceived(stream_id, data):
+                stream = self.streams.get(stream_id)
+                if stream is not None:
+                    stream.data_received(data)
+                else:
+                    self.session.acknowledge(stream_id, len(data))
+            case WindowUpdated(stream_id, _):
+                stream = self.streams.get(stream_id)
+                if stream is not None and stream.has_output:
+                    self._dirty[stream_id] = stream
+            case StreamOpened(stream_id):
+                self._accept_stream(stream_id)
+            case StreamEnded(stream_id):
+                stream = self.streams.get(stream_id)
+                if stream is not None:
+                    stream.remote_ended()
+            case StreamClosed(stream_id):
+                stream = self.streams.get(stream_id)
+                if stream is not None:
+                    stream.core_closed()
+            case StreamReset(stream_id, reason):
+                stream = self.streams.get(stream_id)
+                if stream is not None:
+                    stream.reset_by_peer(reason)
+            case StreamRejected(stream_id, reason):
+                self.log.warn(
+                    "mux {peer}: refused stream {id}: {reason}", peer=self._peer(), id=stream_id, reason=reason
+                )
+            case PongReceived(opaque, _):
+                self._pong(opaque)
+            case GoAwayReceived(code):
+                self._peer_away_code = int(code)
+                waiters, self._peer_away_waiters = self._peer_away_waiters, []
+                for waiter in waiters:
+                    waiter.callback(int(code))
+            case ConnectionTerminated(code, reason):
+                self._terminated(int(code), reason)
+            case _:
+                pass
+
+    def _accept_stream(self, stream_id: int) -> None:
+        stream = self._new_stream(stream_id)
+        protocol = None
+        if self.stream_factory is not None:
+            protocol = self.stream_factory.buildProtocol(stream.getPeer())
+        if protocol is None:
+            self.log.warn(
+                "mux {peer}: refused stream {id}: nothing accepts streams here", peer=self._peer(), id=stream_id
+            )
+            self.streams.pop(stream_id, None)
+            self.session.reset_stream(stream_id)
+            return
+        stream.attach(protocol)
+
+    def _pong(self, opaque: int) -> None:
+        now = self._clock.seconds()
+        answered = self._ping_waiters.pop(opaque, None)
+        # One answer vouches for every earlier ping: the transport is ordered.
+        older = [key for key, (_, sent) in self._ping_waiters.items() if answered and sent <= answered[1]]
+        for key in older:
+            waiter, sent = self._ping_waiters.pop(key)
+            waiter.callback(now - sent)
+        if answered is not None:
+            answered[0].callback(now - answered[1])
+
+    def _keepalive_tick(self) -> None:
+        events = self.session.keepalive(self._clock.seconds())
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+
+    def _terminated(self, code: int, reason: str) -> None:
+        self._close_reason = reason
+        self.log.warn("mux {peer}: session ended: {reason}", peer=self._peer(), reason=reason)
+        for stream in list(self.streams.values()):
+            stream.session_lost(reason)
+        self.streams.clear()
+        self._dirty.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        data = self.session.data_to_send()
+        if not data:
+            # Keepalive timeout or the peer ended it: nothing left to say, cut the link now.
+            transport.abortConnection()
+            return
+        transport.write(data)
+        transport.loseConnection()
+        self._clock.callLater(GO_AWAY_LINGER, self._abort_if_connected)
+
+    def _abort_if_connected(self) -> None:
+        if self._connected and self.transport is not None:
+            self.transport.abortConnection()
+
+    def _close_if_drained(self) -> None:
+        if self._going_away and not self.streams and self._connected and self.transport is not None:
+            data = self.session.data_to_send()
+            if data:
+                self.transport.write(data)
+            self.transport.loseConnection()
+
+    def _peer(self) -> str:
+        address = self.link_address(peer=True)
+        if address is None:
+            return "?"
+        host = getattr(address, "host", None)
+        port = getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
+
+
+class MuxFactory(Factory):
+    """Builds a ``MuxProtocol`` per connection; both gateways use one (client or server side)."""
+
+    def __init__(
+        self,
+        client: bool,
+        stream_factory: IProtocolFactory | None,
+        config: MuxConfig | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.client = client
+        self.stream_factory = stream_factory
+        self.config = config
+        self.clock = clock
+
+    def buildProtocol(self, addr: IAddress) -> MuxProtocol:
+        protocol = MuxProtocol(self.client, self.config, self.stream_factory, self.clock)
+        protocol.factory = self
+        return protocol
+
+
+def _describe(reason: Failure) -> str:
+    message = reason.getErrorMessage()
+    return f"{reason.type.__name__}: {message}" if message else reason.type.__name__
+
+
+__all__ = ["MuxFactory", "MuxProtocol", "MuxStream", "MuxStreamAddress"]
