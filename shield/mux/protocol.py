@@ -317,13 +317,9 @@ class MuxProtocol(Protocol):
     def _pong(self, opaque: int) -> None:
         now = self._clock.seconds()
         answered = self._ping_waiters.pop(opaque, None)
-        # One answer vouches for every earlier ping: the transport is ordered.
-        older = [key for key, (_, sent) in self._ping_waiters.items() if answered and sent <= answered[1]]
-        for key in older:
-            waiter, sent = self._ping_waiters.pop(key)
-            waiter.callback(now - sent)
         if answered is not None:
-            answered[0].callback(now - answered[1])
+            waiter, sent = answered
+            waiter.callback(now - sent)
 
     def _keepalive_tick(self) -> None:
         events = self.session.keepalive(self._clock.seconds())

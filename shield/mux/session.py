@@ -93,7 +93,12 @@ class Session:
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1 if client else 2
         self._remote_parity = 0 if client else 1
-        self._highest_remote_id = 0
+        # Highest id the peer opened so far; starts just below its first id (1 or 2).
+        self._highest_remote_id = -1 if self._remote_parity else 0
+        # Ids below the highest that the peer has allocated but whose SYN has not arrived yet:
+        # peers (Go's yamux among them) pick ids before queueing SYNs, so concurrent opens can
+        # arrive out of order. Bounded by ``max_streams``.
+        self._remote_id_gaps: set[int] = set()
         self._out: list[bytes] = []
         self._inbuf = bytearray()
         self._payload_left = 0
@@ -334,11 +339,16 @@ class Session:
             if header.flags & Flag.SYN:
                 self._out.append(encode_header(FrameType.PING, Flag.ACK, 0, header.length))
             elif header.flags & Flag.ACK:
-                sent = self._pings.get(header.length)
+                opaque = header.length
+                sent = self._pings.get(opaque)
                 if sent is not None:
-                    # Frames arrive in order, so an answer also vouches for older pings.
-                    self._pings.clear()
-                    events.append(PongReceived(header.length, now - sent))
+                    # Answers come in order, so older pings still listed were lost with the
+                    # peer's state; this answer vouches for the link just the same.
+                    for earlier in list(self._pings):
+                        del self._pings[earlier]
+                        if earlier == opaque:
+                            break
+                    events.append(PongReceived(opaque, now - sent))
         else:
             if header.stream_id != 0:
                 raise _Violation(f"go-away on stream {header.stream_id}; it belongs to stream 0")
@@ -402,11 +412,18 @@ class Session:
         if stream_id in self._streams:
             raise _Violation(f"peer reused stream id {stream_id} while it is open")
         if stream_id <= self._highest_remote_id:
-            raise _Violation(
-                f"peer reused stream id {stream_id} (ids must increase; last was "
-                f"{self._highest_remote_id})"
-            )
-        self._highest_remote_id = stream_id
+            if stream_id not in self._remote_id_gaps:
+                raise _Violation(f"peer reused stream id {stream_id}, which it used before")
+            self._remote_id_gaps.discard(stream_id)
+        else:
+            skipped = (stream_id - self._highest_remote_id) // 2 - 1
+            if len(self._remote_id_gaps) + skipped > self.config.max_streams:
+                raise _Violation(
+                    f"peer jumped to stream id {stream_id}, leaving more than "
+                    f"{self.config.max_streams} lower ids unopened"
+                )
+            self._remote_id_gaps.update(range(self._highest_remote_id + 2, stream_id, 2))
+            self._highest_remote_id = stream_id
         refusal = None
         if self._local_go_away:
             refusal = "going away"
@@ -435,7 +452,7 @@ class Session:
         if stream_id == 0:
             return False
         if stream_id % 2 == self._remote_parity:
-            return stream_id <= self._highest_remote_id
+            return stream_id <= self._highest_remote_id and stream_id not in self._remote_id_gaps
         return stream_id < self._next_id
 
     def _apply_close_flags(self, stream: _Stream | None, flags: Flag, events: list[Event]) -> None:

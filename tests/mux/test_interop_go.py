@@ -837,13 +837,6 @@ class OutOfOrderSynRejected(AssertionError):
     """The Python core refused a SYN whose id is lower than one already seen."""
 
 
-@pytest.mark.xfail(
-    raises=OutOfOrderSynRejected,
-    strict=False,
-    reason="shield.mux.session.Session._accept_stream treats a SYN with a lower id than one "
-    "already seen as a protocol error ('peer reused stream id'); hashicorp/yamux sends such "
-    "SYNs when streams are opened concurrently. Remove this marker once the core accepts them.",
-)
 @pytest_twisted.ensureDeferred
 async def test_go_concurrent_opens_with_out_of_order_syns(go_peer: str) -> None:
     """Go opens streams from many goroutines at once, as Go programs do.

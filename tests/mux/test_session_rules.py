@@ -213,11 +213,30 @@ def test_syn_reusing_a_closed_stream_id() -> None:
     assert_protocol_error(server, events, "reuse")
 
 
-def test_syn_with_decreasing_stream_id() -> None:
+def test_syn_out_of_order_is_accepted_once() -> None:
+    # Go's yamux allocates ids before queueing SYNs, so concurrent opens arrive out of order:
+    # a skipped id is accepted late, but only once.
     server = Session(client=False)
     assert server.receive_data(syn(5)) == [StreamOpened(5)]
+    assert server.receive_data(syn(3)) == [StreamOpened(3)]
+    assert server.receive_data(syn(1)) == [StreamOpened(1)]
+    server.reset_stream(3)
     events = server.receive_data(syn(3))
-    assert_protocol_error(server, events, "reuse")
+    assert_protocol_error(server, events, "reused")
+
+
+def test_frame_for_a_skipped_id_before_its_syn_is_an_error() -> None:
+    server = Session(client=False)
+    server.receive_data(syn(5))
+    events = server.receive_data(data(3, b"early"))
+    assert_protocol_error(server, events, "never opened")
+
+
+def test_syn_skipping_too_many_ids_is_an_error() -> None:
+    server = Session(client=False, config=MuxConfig(max_streams=8))
+    assert server.receive_data(syn(17)) == [StreamOpened(17)]  # skips 1..15: 8 ids
+    events = server.receive_data(syn(21))  # one more skipped id would exceed the bound
+    assert_protocol_error(server, events, "unopened")
 
 
 @pytest.mark.parametrize(("client", "stream_id"), [(True, 1), (True, 3), (False, 2), (False, 4)])

@@ -318,7 +318,7 @@ func (p *peer) runBurst() {
 				ready.Done()
 				<-start // all goroutines open at the same moment
 				s, err := p.sess.OpenStream()
-				if errors.Is(err, yamux.ErrRemoteGoAway) || errors.Is(err, yamux.ErrSessionShutdown) {
+				if errors.Is(err, yamux.ErrRemoteGoAway) || errors.Is(err, yamux.ErrSessionShutdown) || p.closedAfter(err) {
 					atomic.AddInt32(&stopped, 1)
 					return
 				} else if err != nil {
@@ -328,7 +328,7 @@ func (p *peer) runBurst() {
 				payload := make([]byte, 5+1024)
 				payload[0] = 'E'
 				binary.BigEndian.PutUint32(payload[1:5], s.StreamID())
-				if _, err := s.Write(payload); errors.Is(err, yamux.ErrConnectionReset) || errors.Is(err, yamux.ErrSessionShutdown) {
+				if _, err := s.Write(payload); errors.Is(err, yamux.ErrConnectionReset) || errors.Is(err, yamux.ErrSessionShutdown) || p.closedAfter(err) {
 					atomic.AddInt32(&refused, 1)
 					return
 				} else if err != nil {
@@ -348,6 +348,22 @@ func (p *peer) runBurst() {
 		"event": "burst_done", "rounds": rounds, "opened": opened,
 		"open_refused": stopped, "write_refused": refused,
 	})
+}
+
+// closedAfter tells whether err is the connection going away under a burst: once
+// the peer has sent GoAway and finished its streams it closes the link, so a SYN
+// still being written meets a closed socket. That ends the burst; it is not a
+// failure, provided the session really is closed.
+func (p *peer) closedAfter(err error) bool {
+	if err == nil {
+		return false
+	}
+	select {
+	case <-p.sess.CloseChan():
+		return true
+	case <-time.After(5 * time.Second):
+		return false
+	}
 }
 
 func (p *peer) ping() {
