@@ -343,8 +343,16 @@ class MuxProtocol(Protocol):
             transport.abortConnection()
             return
         transport.write(data)
-        transport.loseConnection()
+        self._close_transport()
         self._clock.callLater(GO_AWAY_LINGER, self._abort_if_connected)
+
+    def _close_transport(self) -> None:
+        """Close cleanly. TLS waits for registered producers before it shuts down, so go first."""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.unregisterProducer()
+        transport.loseConnection()
 
     def _abort_if_connected(self) -> None:
         if self._connected and self.transport is not None:
@@ -355,7 +363,7 @@ class MuxProtocol(Protocol):
             data = self.session.data_to_send()
             if data:
                 self.transport.write(data)
-            self.transport.loseConnection()
+            self._close_transport()
 
     def _peer(self) -> str:
         address = self.link_address(peer=True)
