@@ -1,0 +1,106 @@
+"""The validated configuration of each gateway: what the rest of shield reads, never raw TOML.
+
+Every value here has been checked by ``shield.config.loader``; paths are absolute (relative paths
+in a file are taken relative to that file's folder). Field names mirror the TOML keys with
+dashes turned into underscores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Schemes a DMZ service may accept public clients on.
+PUBLIC_SCHEMES = ("ws", "wss", "tcp", "tls")
+#: Schemes a connector may reach a backend with.
+BACKEND_SCHEMES = ("tcp", "tls", "unix")
+
+
+@dataclass(frozen=True, slots=True)
+class Uri:
+    """A parsed listener or target: ``ws://host:port/path``, ``tls://host:port``, ``unix:/path``.
+
+    ``host`` is without brackets for IPv6; ``port`` is 0 only for ``unix``; ``path`` is the
+    WebSocket path (``/`` when absent) or the socket path for ``unix``, empty otherwise.
+    """
+
+    scheme: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        path = self.path if self.scheme in ("ws", "wss", "http", "https") else ""
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveSettings:
+    interval: float = 5.0  # seconds between pings on a link; 0 disables
+    misses: int = 3  # unanswered pings that make a link dead
+
+
+@dataclass(frozen=True, slots=True)
+class DmzService:
+    name: str
+    accept: tuple[Uri, ...]
+    allow_origin: tuple[str, ...] = ("*",)
+    max_message_size: int = 131072
+    ws_ping_interval: float = 30.0
+    open_timeout: float = 10.0
+    cert: Path | None = None  # required when accept has wss:// or tls://
+
+
+@dataclass(frozen=True, slots=True)
+class DmzBackplane:
+    accept: Uri
+    cert: Path
+    ca: Path
+    connectors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    keepalive: KeepaliveSettings = KeepaliveSettings()
+    stream_window: int = 262144
+
+
+@dataclass(frozen=True, slots=True)
+class DmzConfig:
+    name: str
+    backplane: DmzBackplane
+    services: tuple[DmzService, ...]
+    admin: Uri | None = None
+    grace_period: float = 30.0
+    open_timeout: float = 10.0
+    source: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InternalBackplane:
+    connect: tuple[Uri, ...]
+    server_name: str
+    cert: Path
+    ca: Path
+    links: int = 2
+    keepalive: KeepaliveSettings = KeepaliveSettings()
+    stream_window: int = 262144
+
+
+@dataclass(frozen=True, slots=True)
+class InternalService:
+    name: str
+    connect: Uri
+    connect_timeout: float = 10.0
+    ca: Path | None = None  # for tls:// backends; None means the system's trust store
+    server_name: str | None = None  # for tls:// backends; defaults to the URI's host
+
+
+@dataclass(frozen=True, slots=True)
+class InternalConfig:
+    name: str
+    backplane: InternalBackplane
+    services: tuple[InternalService, ...]
+    admin: Uri | None = None
+    priority: int = 100
+    grace_period: float = 30.0
+    source: Path | None = None
