@@ -1,0 +1,1 @@
+"""Configuration: TOML files validated into frozen dataclasses (``model``) before anything listens."""

@@ -1,0 +1,74 @@
+"""Endpoints from config URIs and socket options, shared by both gateways."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXClientEndpoint,
+)
+from twisted.internet.interfaces import (
+    IAddress,
+    IReactorCore,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+    ITransport,
+)
+
+from shield.config.model import Uri
+
+
+def is_ipv6(host: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+def tcp_server_endpoint(reactor: IReactorCore, uri: Uri, backlog: int = 1024) -> IStreamServerEndpoint:
+    """A TCP listening endpoint for ``uri``'s host and port (IPv4 or IPv6 literal, or a name)."""
+    if is_ipv6(uri.host):
+        return TCP6ServerEndpoint(reactor, uri.port, backlog=backlog, interface=uri.host)
+    return TCP4ServerEndpoint(reactor, uri.port, backlog=backlog, interface=uri.host)
+
+
+def stream_client_endpoint(reactor: IReactorCore, uri: Uri, timeout: float) -> IStreamClientEndpoint:
+    """A plain stream endpoint to ``tcp://``/``tls://`` host:port (TLS is added by the caller) or ``unix:``."""
+    if uri.scheme == "unix":
+        return UNIXClientEndpoint(reactor, uri.path, timeout=timeout)
+    return HostnameEndpoint(reactor, uri.host, uri.port, timeout=timeout)
+
+
+def set_no_delay(transport: ITransport | None) -> None:
+    """TCP_NODELAY on the socket under ``transport``, looking through TLS and other wrappers."""
+    for _ in range(4):
+        if transport is None:
+            return
+        setter = getattr(type(transport), "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+            except (OSError, AttributeError):
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+
+
+def describe_address(address: IAddress | None) -> str:
+    """``host:port`` (``[v6]:port``) for IP addresses, the path for unix sockets."""
+    if address is None:
+        return "?"
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return name.decode() if isinstance(name, bytes) else str(name)
+    link = getattr(address, "link", None)
+    if link is not None:
+        return describe_address(link)
+    return str(address)

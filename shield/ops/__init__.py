@@ -1,0 +1,1 @@
+"""Operations: metrics, the admin HTTP endpoint, logging helpers and graceful drain."""

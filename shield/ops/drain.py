@@ -1,0 +1,67 @@
+"""Graceful drain on SIGTERM, and a loud stop when a gateway cannot start."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from shield.mux.protocol import MuxProtocol
+
+
+def drain_links(
+    links: Sequence[MuxProtocol],
+    grace_period: float,
+    clock: IReactorTime,
+    open_tunnels: Callable[[], int],
+    log: Logger,
+) -> Deferred[None]:
+    """GoAway on every link; fires when all are closed, or aborts what is left after the grace period.
+
+    GoAway lets open streams finish and closes each link once it has none, so in the common case
+    this fires as soon as the last tunnel ends.
+    """
+    done: Deferred[None] = Deferred()
+    closing = [link.go_away() for link in links if link.transport is not None]
+    if not closing:
+        done.callback(None)
+        return done
+
+    def expired() -> None:
+        left = open_tunnels()
+        log.warn(
+            "grace period of {grace:g} s over: closing {n} tunnels still open", grace=grace_period, n=left
+        )
+        for link in links:
+            if link.transport is not None:
+                link.transport.abortConnection()
+
+    timer = clock.callLater(grace_period, expired)
+
+    def finished(_: object) -> None:
+        if timer.active():
+            timer.cancel()
+        done.callback(None)
+
+    DeferredList(closing, consumeErrors=True).addCallback(finished)
+    return done
+
+
+def fatal(failure: Failure, reactor: IReactorCore, what: str) -> None:
+    """Log why the gateway cannot run and exit with status 1 once the reactor has stopped."""
+    log = Logger(namespace="shield")
+    log.critical("{what}: {reason}", what=what, reason=failure.getErrorMessage() or failure.type.__name__)
+
+    def exit_now() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    reactor.addSystemEventTrigger("after", "shutdown", exit_now)
+    if reactor.running:
+        reactor.stop()

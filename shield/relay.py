@@ -1,0 +1,151 @@
+"""Splicing two byte pipes together, with backpressure and half-close, whatever they are.
+
+Both gateways splice: the DMZ joins a public client (TCP, TLS or WebSocket) to a mux stream, the
+connector joins a mux stream to a backend socket. Each end is seen through the small ``Side``
+interface; the ``Relay`` forwards bytes, registers each end's producer with the other end's
+consumer (so a slow reader pauses the far writer instead of filling memory), passes EOF on as
+half-close, and ends both sides when either is gone: cleanly after a clean close, abortively
+after an error.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.logger import Logger
+
+
+class Side(Protocol):
+    """One end of a relay: where bytes go out, and how to pause what comes in."""
+
+    @property
+    def producer(self) -> IPushProducer: ...
+
+    @property
+    def consumer(self) -> IConsumer: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def send_eof(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self, reason: str) -> None: ...
+
+
+class TransportSide:
+    """A ``Side`` over an ordinary Twisted transport (TCP, TLS, unix socket, mux stream)."""
+
+    def __init__(self, transport: ITransport) -> None:
+        self.transport = transport
+
+    @property
+    def producer(self) -> IPushProducer:
+        return self.transport  # type: ignore[return-value]
+
+    @property
+    def consumer(self) -> IConsumer:
+        return self.transport  # type: ignore[return-value]
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def send_eof(self) -> None:
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is not None:
+            lose_write()
+        else:
+            self.transport.loseConnection()
+
+    def close(self) -> None:
+        # TLS transports postpone their shutdown while a producer is registered.
+        unregister = getattr(self.transport, "unregisterProducer", None)
+        if unregister is not None:
+            unregister()
+        self.transport.loseConnection()
+
+    def abort(self, reason: str) -> None:
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+
+ByteCounter = Callable[[int], None]
+
+
+def _ignore(n: int) -> None:
+    pass
+
+
+class Relay:
+    """Joins side ``a`` and side ``b``; the protocols of both report their events here."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        a: Side,
+        b: Side,
+        a_to_b: ByteCounter = _ignore,
+        b_to_a: ByteCounter = _ignore,
+        on_finished: Callable[[str], None] | None = None,
+    ) -> None:
+        self._sides = (a, b)
+        self._counters = (a_to_b, b_to_a)
+        self._eof = [False, False]  # side i has sent EOF (its input is finished)
+        self._gone = [False, False]  # side i is closed entirely
+        self._on_finished = on_finished
+        self._finished = False
+        b.consumer.registerProducer(a.producer, True)
+        a.consumer.registerProducer(b.producer, True)
+
+    def _index(self, side: Side) -> int:
+        return 0 if side is self._sides[0] else 1
+
+    def received(self, side: Side, data: bytes) -> None:
+        """``side`` delivered bytes: pass them to the other side."""
+        i = self._index(side)
+        if self._gone[1 - i]:
+            return
+        self._counters[i](len(data))
+        self._sides[1 - i].send(data)
+
+    def eof(self, side: Side) -> None:
+        """``side`` will send nothing more: half-close the other side's output."""
+        i = self._index(side)
+        if self._eof[i]:
+            return
+        self._eof[i] = True
+        if not self._gone[1 - i]:
+            self._sides[1 - i].send_eof()
+        if all(self._eof):
+            # Both directions are finished: nothing left to carry.
+            for j in (0, 1):
+                if not self._gone[j]:
+                    self._sides[j].close()
+            self._finish("both sides finished")
+
+    def lost(self, side: Side, clean: bool, reason: str) -> None:
+        """``side`` is gone: close the other, gracefully if this one left cleanly."""
+        i = self._index(side)
+        if self._gone[i]:
+            return
+        self._gone[i] = True
+        other = self._sides[1 - i]
+        if not self._gone[1 - i]:
+            self._gone[1 - i] = True
+            if clean:
+                other.close()
+            else:
+                other.abort(reason)
+        self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._on_finished is not None:
+            self._on_finished(reason)

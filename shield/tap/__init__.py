@@ -1,0 +1,1 @@
+"""twistd entry points: ``Options`` and ``makeService`` for each gateway (see twisted/plugins/)."""

@@ -1,0 +1,48 @@
+"""What both twistd plugins share: ``--config``, validation before anything listens, exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from twisted.python import usage
+
+from shield.config.errors import ConfigError
+
+T = TypeVar("T")
+
+#: Exit status for a configuration that cannot be used (nothing has been started).
+EXIT_BAD_CONFIG = 2
+
+
+def config_failure(path: str, error: Exception) -> None:
+    """Print ``FILE: key.path: problem`` and exit 2."""
+    sys.stderr.write(f"{path}: {error}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_BAD_CONFIG)
+
+
+class GatewayOptions(usage.Options):
+    optParameters = [["config", "c", None, "the gateway's TOML configuration file"]]
+    loader: Callable[[Path], object]
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        if not path:
+            raise usage.UsageError("--config FILE is required")
+        try:
+            self["loaded"] = type(self).loader(Path(path))
+        except ConfigError as error:
+            config_failure(path, error)
+
+
+def build_or_exit(path: str, build: Callable[[], T]) -> T:
+    """Build the service; certificate and key problems found here also exit 2."""
+    try:
+        return build()
+    except ConfigError as error:
+        config_failure(path, error)
+    except (OSError, ValueError) as error:
+        config_failure(path, ConfigError("", f"cannot load TLS material: {error}"))
+    raise AssertionError("unreachable")

@@ -1,0 +1,21 @@
+"""``twistd shield-internal --config internal.toml``."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.internet import reactor
+
+from shield.config.loader import load_internal_config
+from shield.tap.common import GatewayOptions, build_or_exit
+
+
+class Options(GatewayOptions):
+    synopsis = "--config internal.toml"
+    longdesc = "Run a shield internal gateway (connector): dials the DMZ, serves its own backends."
+    loader = staticmethod(load_internal_config)
+
+
+def makeService(options: Options) -> IService:
+    from shield.internal.gateway import InternalGateway
+
+    return build_or_exit(options["config"], lambda: InternalGateway(options["loaded"], reactor))
