@@ -1,0 +1,238 @@
+"""The DMZ backplane: mutual-TLS links dialled in by connectors, and their announcements.
+
+A link is usable only after its connector announced itself on the control stream (its first
+stream) and the DMZ accepted: the announced name must be the identity in its certificate, and
+only the services ``dmz.backplane.connectors`` lists for that identity are accepted. Everything
+refused is said in the reply (so the connector logs it too) and in one log line here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet import error
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocol, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from shield.config.model import DmzConfig
+from shield.dmz.links import ConnectorLink, LinkRegistry
+from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
+from shield.mux import MuxConfig
+from shield.mux.protocol import MuxProtocol
+from shield.net import describe_address
+from shield.tls.identity import peer_identity
+
+#: How long a connector has, once TLS is up, to announce itself.
+ANNOUNCE_TIMEOUT = 10.0
+
+log = Logger(namespace="shield.dmz.backplane")
+
+
+def mux_config_for(stream_window: int, keepalive_interval: float, keepalive_misses: int) -> MuxConfig:
+    return MuxConfig(
+        stream_window=stream_window,
+        keepalive_interval=keepalive_interval,
+        keepalive_missed_limit=keepalive_misses,
+    )
+
+
+@implementer(IHandshakeListener)
+class DmzLinkProtocol(MuxProtocol):
+    """One connector link at the DMZ (yamux server side)."""
+
+    def __init__(self, backplane: "BackplaneFactory", peer: str) -> None:
+        config = backplane.config.backplane
+        super().__init__(
+            client=False,
+            config=mux_config_for(config.stream_window, config.keepalive.interval, config.keepalive.misses),
+            stream_factory=_ControlStreamFactory(self),
+            clock=backplane.clock,
+        )
+        self.backplane = backplane
+        self.peer = peer
+        self.identity: str | None = None
+        self.link: ConnectorLink | None = None
+        self._control_taken = False
+        self._announce_timer = None
+        self.control: ControlStream | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._announce_timer = self.backplane.clock.callLater(ANNOUNCE_TIMEOUT, self._no_announcement)
+
+    def handshakeCompleted(self) -> None:
+        self.identity = peer_identity(self.transport)
+        log.info("link from {peer}: TLS up, connector identity {identity!r}", peer=self.peer, identity=self.identity)
+
+    def take_control_stream(self) -> bool:
+        """Only the connector's first stream is the control stream; it may open no other."""
+        if self._control_taken:
+            return False
+        self._control_taken = True
+        return True
+
+    def announced(self, announce: Announce) -> AnnounceReply:
+        """Judge an announcement; register the link when anything was accepted."""
+        self._cancel_announce_timer()
+        dmz = self.backplane.config
+        identity = self.identity
+        if identity is None:
+            return self._refuse(announce, "no client certificate identity")
+        if announce.name != identity:
+            return self._refuse(
+                announce, f"announced name {announce.name!r} is not the certificate identity {identity!r}"
+            )
+        allowed = dmz.backplane.connectors.get(identity)
+        if allowed is None:
+            return self._refuse(announce, f"connector {identity!r} is not in dmz.backplane.connectors")
+        configured = {service.name for service in dmz.services}
+        accepted: list[str] = []
+        refused: list[tuple[str, str]] = []
+        for service in announce.services:
+            if service not in configured:
+                refused.append((service, f"DMZ {dmz.name!r} has no service {service!r}"))
+            elif service not in allowed:
+                refused.append(
+                    (service, f"not listed for connector {identity!r} in dmz.backplane.connectors")
+                )
+            else:
+                accepted.append(service)
+        for service, reason in refused:
+            log.warn(
+                "link from {peer}: connector {identity!r} may not serve {service!r}: {reason}",
+                peer=self.peer, identity=identity, service=service, reason=reason,
+            )
+        self.link = ConnectorLink(
+            mux=self,
+            connector=identity,
+            peer=self.peer,
+            priority=announce.priority,
+            services=frozenset(accepted),
+        )
+        self.backplane.registry.add(self.link)
+        log.info(
+            "link from {peer}: connector {identity!r} (priority {priority}, version {version}) serves {services}",
+            peer=self.peer, identity=identity, priority=announce.priority, version=announce.version,
+            services=", ".join(accepted) or "nothing",
+        )
+        return AnnounceReply(
+            accepted=True, dmz_name=dmz.name, services=tuple(accepted), refused=tuple(refused), message=""
+        )
+
+    def go_away(self):  # type: ignore[no-untyped-def]
+        """Drain: close the control stream too, so the link closes when the last tunnel ends."""
+        closed = super().go_away()
+        if self.control is not None and self.control.transport is not None:
+            self.control.transport.loseConnection()
+        return closed
+
+    def _refuse(self, announce: Announce, reason: str) -> AnnounceReply:
+        log.warn("link from {peer}: refused connector announcement: {reason}", peer=self.peer, reason=reason)
+        return AnnounceReply(
+            accepted=False,
+            dmz_name=self.backplane.config.name,
+            services=(),
+            refused=tuple((service, reason) for service in announce.services),
+            message=reason,
+        )
+
+    def _no_announcement(self) -> None:
+        self._announce_timer = None
+        log.warn(
+            "link from {peer}: no announcement within {timeout:g} s; closing", peer=self.peer, timeout=ANNOUNCE_TIMEOUT
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _cancel_announce_timer(self) -> None:
+        if self._announce_timer is not None and self._announce_timer.active():
+            self._announce_timer.cancel()
+        self._announce_timer = None
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self._cancel_announce_timer()
+        if self.link is not None:
+            self.backplane.registry.remove(self.link)
+            log.info(
+                "link from {peer}: connector {identity!r} link down: {reason}",
+                peer=self.peer, identity=self.identity, reason=_describe(reason, self),
+            )
+        elif self.identity is None:
+            log.info("link from {peer}: closed before TLS completed: {reason}", peer=self.peer, reason=_describe(reason, self))
+        super().connectionLost(reason)
+
+
+def _describe(reason: Failure, link: MuxProtocol) -> str:
+    terminated = link.session.terminated
+    if terminated is not None:
+        return terminated.reason
+    from shield.tls.contexts import describe_tls_failure
+
+    return describe_tls_failure(reason)
+
+
+class ControlStream(Protocol):
+    """The DMZ end of a link's control stream: reads ANNOUNCE, answers ANNOUNCE_REPLY."""
+
+    def __init__(self, link: DmzLinkProtocol) -> None:
+        self.link = link
+        self._reader = MessageReader((Announce,))
+        self._done = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return  # the control stream carries nothing else in this protocol version
+        try:
+            announce, _ = self._reader.feed(data)
+        except WireError as problem:
+            self._done = True
+            log.warn("link from {peer}: bad announcement: {problem}", peer=self.link.peer, problem=problem)
+            self.link.transport.loseConnection()
+            return
+        if announce is None:
+            return
+        self._done = True
+        assert isinstance(announce, Announce)
+        reply = self.link.announced(announce)
+        self.transport.write(encode(reply))
+        if not reply.accepted:
+            self.link.transport.loseConnection()
+
+
+class _ControlStreamFactory(Factory):
+    def __init__(self, link: DmzLinkProtocol) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        if not self.link.take_control_stream():
+            log.warn("link from {peer}: connector opened an extra stream; refused", peer=self.link.peer)
+            return None
+        control = ControlStream(self.link)
+        self.link.control = control
+        return control
+
+
+class BackplaneFactory(Factory):
+    """Builds a ``DmzLinkProtocol`` per accepted backplane connection (wrap it in TLS)."""
+
+    def __init__(self, config: DmzConfig, registry: LinkRegistry, clock: IReactorTime) -> None:
+        self.config = config
+        self.registry = registry
+        self.clock = clock
+        self.protocols: set[DmzLinkProtocol] = set()
+        self.noisy = False
+
+    def buildProtocol(self, addr: IAddress) -> DmzLinkProtocol:
+        protocol = DmzLinkProtocol(self, describe_address(addr))
+        protocol.factory = self
+        self.protocols.add(protocol)
+        protocol.when_closed().addBoth(lambda _: self.protocols.discard(protocol))
+        return protocol
+
+
+def known_identity_check(config: DmzConfig) -> Callable[[str], bool]:
+    """For the TLS verify callback: is this certificate identity a configured connector?"""
+    return lambda identity: identity in config.backplane.connectors

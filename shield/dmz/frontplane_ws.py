@@ -1,0 +1,233 @@
+"""Public WebSocket clients (``ws://`` and ``wss://`` accepts) with Autobahn on twisted.web.
+
+The path picks the service; several services share one listener when their accepts name the same
+host and port. The upgrade completes only once the connector says the backend is connected, so a
+refusal is a real HTTP status (403, 502, 503, 504) with the reason as a one-line body. Message
+payloads (binary or text) become backend bytes; backend bytes become binary messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket import USES_NVX
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import NoResource, Resource
+from twisted.web.server import Site
+
+from shield.config.model import DmzService
+from shield.dmz.service import ServiceFront
+from shield.dmz.tunnel import OpenFailed, TunnelStream
+from shield.net import describe_address, set_no_delay
+from shield.relay import Relay
+
+log = Logger(namespace="shield.dmz.frontplane_ws")
+
+_PHRASES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    426: "Upgrade Required",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+#: WebSocket close codes for a tunnel that ended abnormally.
+CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class WebSocketSide:
+    """The relay's view of a WebSocket client: bytes go out as binary messages."""
+
+    def __init__(self, protocol: "PublicWebSocketProtocol") -> None:
+        self.protocol = protocol
+
+    @property
+    def producer(self) -> IPushProducer:
+        return self.protocol.transport  # type: ignore[return-value]
+
+    @property
+    def consumer(self) -> IConsumer:
+        return self.protocol.transport  # type: ignore[return-value]
+
+    def send(self, data: bytes) -> None:
+        self.protocol.sendMessage(data, isBinary=True)
+
+    def send_eof(self) -> None:
+        # WebSocket has no half-close: the backend finished, so the conversation is over.
+        self.protocol.sendClose(1000, "backend closed the connection")
+
+    def close(self) -> None:
+        self.protocol.sendClose(1000)
+
+    def abort(self, reason: str) -> None:
+        code = CLOSE_GOING_AWAY if "link lost" in reason else CLOSE_INTERNAL_ERROR
+        self.protocol.sendClose(code, reason[:120])
+
+
+class PublicWebSocketProtocol(WebSocketServerProtocol):
+    """One public WebSocket client of one service."""
+
+    front: ServiceFront  # set by the factory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = "?"
+        self._tunnel: TunnelStream | None = None
+        self._relay: Relay | None = None
+        self._side: WebSocketSide | None = None
+        self._gone = False
+        self._refusal_logged = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        set_no_delay(self.transport)
+        self.client = describe_address(self.transport.getPeer())
+
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        origin = request.headers.get("origin")
+        allowed = self.front.config.allow_origin
+        if origin is not None and "*" not in allowed and origin not in allowed:
+            reason = f"origin {origin!r} is not allowed for service {self.front.name!r}"
+            self.front.denied(self.client, "ws", 403, "origin", reason)
+            self._refusal_logged = True
+            raise ConnectionDeny(403, reason)
+        extra: tuple[tuple[str, str], ...] = (("path", request.path),)
+        if origin is not None:
+            extra += (("origin", origin),)
+        opening = self.front.open(self.client, "ws", extra)
+        opening.addCallbacks(self._opened, self._refused)
+        return opening
+
+    def _opened(self, tunnel: TunnelStream) -> None:
+        if self._gone:
+            tunnel.transport.abortConnection()
+            return None
+        self._tunnel = tunnel
+        return None  # accept the upgrade, no subprotocol
+
+    def _refused(self, failure: Failure) -> None:
+        problem = failure.value if failure.check(OpenFailed) else OpenFailed(502, "internal", failure.getErrorMessage())
+        if not self._gone:
+            self.front.refused(self.client, "ws", problem)
+        self._refusal_logged = True
+        raise ConnectionDeny(problem.status, problem.reason)
+
+    def onOpen(self) -> None:
+        tunnel = self._tunnel
+        if tunnel is None:
+            return
+        # twisted.web's channel registered itself as the producer of this socket; the tunnel
+        # stream takes its place so backpressure flows between the client and the stream.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self._side = WebSocketSide(self)
+        self._relay = self.front.relay(tunnel, self._side, self.client, "ws")
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._relay is not None and payload:
+            self._relay.received(self._side, payload)  # type: ignore[arg-type]
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._gone = True
+        if self._relay is not None:
+            self._relay.lost(self._side, bool(wasClean), reason or f"client closed ({code})")  # type: ignore[arg-type]
+        elif self._tunnel is not None:
+            self._tunnel.transport.abortConnection()
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Refuse the upgrade with one log line: ours, not Autobahn's two."""
+        if not self._refusal_logged:
+            log.warn(
+                "ws client {client} -> {service}: {code} {reason}",
+                client=self.client, service=self.front.name, code=code, reason=reason,
+            )
+        self.wasNotCleanReason = reason
+        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        self.wasClean = True  # Autobahn would log the drop again as a warning
+        self.dropConnection(abort=False)
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """A plain-text error with the reason as its one-line body (Autobahn sends no body)."""
+        body = (reason.splitlines()[0] if reason else _PHRASES.get(code, "")) + "\n"
+        encoded = body.encode("utf-8")
+        lines = [
+            f"HTTP/1.1 {code} {_PHRASES.get(code, 'Error')}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(encoded)}",
+            "Connection: close",
+        ]
+        for name, value in responseHeaders or ():
+            lines.append(f"{name}: {value}")
+        self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + encoded)
+
+
+def websocket_factory(front: ServiceFront, url: str) -> WebSocketServerFactory:
+    """Autobahn factory for one service, with its limits (``max-message-size``, pings)."""
+    config: DmzService = front.config
+    factory = WebSocketServerFactory(url)
+    factory.protocol = PublicWebSocketProtocol
+    factory.setProtocolOptions(
+        maxMessagePayloadSize=config.max_message_size,
+        maxFramePayloadSize=config.max_message_size,
+        autoPingInterval=config.ws_ping_interval or 0,
+        autoPingTimeout=max(config.ws_ping_interval, 1.0) if config.ws_ping_interval else 0,
+        openHandshakeTimeout=config.open_timeout + 5.0,
+        closeHandshakeTimeout=5.0,
+        failByDrop=False,
+    )
+
+    def build(addr: object) -> PublicWebSocketProtocol:
+        protocol = WebSocketServerFactory.buildProtocol(factory, addr)
+        protocol.front = front
+        return protocol
+
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    return factory
+
+
+class _Root(Resource):
+    """Routes by exact path; anything else is 404 with a one-line body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._routes: dict[bytes, Resource] = {}
+
+    def route(self, path: str, resource: Resource) -> None:
+        self._routes[path.encode()] = resource
+
+    def getChildWithDefault(self, name: bytes, request: Any) -> Resource:
+        path = request.path
+        resource = self._routes.get(path)
+        if resource is not None:
+            request.postpath = []
+            return resource
+        return NoResource("no WebSocket service at this path")
+
+    def render(self, request: Any) -> bytes:
+        return self.getChildWithDefault(b"", request).render(request)
+
+
+def websocket_site(routes: list[tuple[str, ServiceFront, str]]) -> Site:
+    """One twisted.web site for a listener: ``routes`` are (path, service, public URL)."""
+    root = _Root()
+    for path, front, url in routes:
+        root.route(path, WebSocketResource(websocket_factory(front, url)))
+    site = Site(root)
+    site.noisy = False
+    site.displayTracebacks = False
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site
+
+
+def nvx_in_use() -> bool:
+    """Autobahn's native (NVX) UTF-8 validation and masking are active."""
+    return bool(USES_NVX)

@@ -1,0 +1,239 @@
+"""Opening a tunnel for one public client: a stream on a chosen link, OPEN, and the answer.
+
+The DMZ names only a service and the client's address; the connector decides where that goes.
+The outcome is either a ``TunnelStream`` ready to relay bytes, or an ``OpenFailed`` carrying the
+HTTP status and the one-line reason the public client and the log will see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet import error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from shield.dmz.links import ConnectorLink, LinkRegistry
+from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
+from shield.mux.errors import MuxError
+from shield.relay import Relay, Side, TransportSide
+
+
+@dataclass(frozen=True)
+class OpenFailed(Exception):
+    """Why a tunnel could not be opened: ``status`` is the HTTP code, ``label`` the metric reason."""
+
+    status: int
+    label: str
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+_STATUS_FOR_REPLY = {
+    OpenStatus.UNKNOWN_SERVICE: (502, "unknown_service"),
+    OpenStatus.BACKEND_REFUSED: (502, "backend_refused"),
+    OpenStatus.BACKEND_UNREACHABLE: (502, "backend_unreachable"),
+    OpenStatus.BACKEND_TIMEOUT: (502, "backend_timeout"),
+    OpenStatus.OVERLOADED: (503, "connector_overloaded"),
+}
+
+
+class _Retry(Exception):
+    """The link refused the stream before answering (it is going away): try another link."""
+
+
+@implementer(IHalfCloseableProtocol)
+class TunnelStream(Protocol):
+    """The DMZ's end of one tunnel stream: OPEN, wait for OPEN_REPLY, then relay."""
+
+    def __init__(self, request: OpenRequest, link: ConnectorLink, timeout: float, clock: IReactorTime) -> None:
+        self.request = request
+        self.link = link
+        self.answered: Deferred[TunnelStream] = Deferred()
+        self._timeout = timeout
+        self._clock = clock
+        self._timer: IDelayedCall | None = None
+        self._reader = MessageReader((OpenReply,))
+        self._held: list[bytes] = []
+        self._held_eof = False
+        self._relay: Relay | None = None
+        self.side: Side | None = None
+
+    # -- before the answer ---------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.link.tunnels += 1
+        self.transport.write(encode(self.request))
+        self._timer = self._clock.callLater(self._timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        connector = self.link.connector
+        self._fail(
+            OpenFailed(504, "open_timeout", f"connector {connector!r} did not answer within {self._timeout:g} s")
+        )
+        self.transport.abortConnection()
+
+    def _fail(self, failure: Exception) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if not self.answered.called:
+            self.answered.errback(failure)
+
+    def cancel(self) -> None:
+        """The public client left before the answer: drop the stream."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._relay is not None:
+            self._relay.received(self.side, data)  # type: ignore[arg-type]
+            return
+        if self.answered.called:
+            self._held.append(data)
+            return
+        try:
+            reply, rest = self._reader.feed(data)
+        except WireError as problem:
+            self._fail(OpenFailed(502, "bad_reply", f"connector {self.link.connector!r} sent a bad reply: {problem}"))
+            self.transport.abortConnection()
+            return
+        if reply is None:
+            return
+        assert isinstance(reply, OpenReply)
+        if rest:
+            self._held.append(rest)
+        if reply.status == OpenStatus.OK:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            self.answered.callback(self)
+            return
+        status, label = _STATUS_FOR_REPLY.get(reply.status, (502, "refused"))
+        reason = reply.reason or reply.status.name.lower().replace("_", " ")
+        self._fail(OpenFailed(status, label, f"connector {self.link.connector!r}: {reason}"))
+        self.transport.loseConnection()
+
+    # -- relaying --------------------------------------------------------------------------------
+
+    def start_relay(self, public: Side, to_backend, to_client, on_finished) -> Relay:  # type: ignore[no-untyped-def]
+        """Join this stream to the public client's side; bytes held so far go out first."""
+        self.side = TransportSide(self.transport)
+        self._relay = Relay(public, self.side, to_backend, to_client, on_finished)
+        held, self._held = self._held, []
+        for chunk in held:
+            self._relay.received(self.side, chunk)
+        if self._held_eof:
+            self._relay.eof(self.side)
+        return self._relay
+
+    def readConnectionLost(self) -> None:
+        if self._relay is not None:
+            self._relay.eof(self.side)  # type: ignore[arg-type]
+        elif self.answered.called:
+            self._held_eof = True
+        else:
+            self._fail(
+                OpenFailed(502, "closed", f"connector {self.link.connector!r} closed the stream without answering")
+            )
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.link.tunnels -= 1
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._relay is not None:
+            clean = reason.check(error.ConnectionDone) is not None
+            self._relay.lost(self.side, clean, _link_reason(reason))  # type: ignore[arg-type]
+        elif not self.answered.called:
+            message = reason.getErrorMessage()
+            if "reset" in message and "session" not in message:
+                self.answered.errback(_Retry(message))
+            else:
+                self._fail(
+                    OpenFailed(
+                        502, "link_lost", f"link to connector {self.link.connector!r} lost before it answered: {message}"
+                    )
+                )
+
+
+def _link_reason(reason: Failure) -> str:
+    message = reason.getErrorMessage()
+    if "mux session lost" in message:
+        return f"connector link lost ({message.split(': ', 1)[-1]})"
+    if "reset" in message:
+        return "tunnel reset by the connector"
+    return message or "closed"
+
+
+class TunnelOpener:
+    """Chooses a link for a service and opens a tunnel on it, trying another link if one refuses."""
+
+    def __init__(self, registry: LinkRegistry, clock: IReactorTime) -> None:
+        self.registry = registry
+        self.clock = clock
+
+    def open(self, service: str, client: str, metadata: tuple[tuple[str, str], ...], timeout: float) -> Deferred[TunnelStream]:
+        """Fires with a ready ``TunnelStream`` or fails with ``OpenFailed``; cancel it if the client leaves."""
+        request = OpenRequest(service=service, client=client, metadata=metadata)
+        tried: list[ConnectorLink] = []
+        current: list[TunnelStream] = []
+
+        def cancel(d: Deferred[TunnelStream]) -> None:
+            if current:
+                current[-1].cancel()
+
+        result: Deferred[TunnelStream] = Deferred(cancel)
+
+        def attempt() -> None:
+            while True:
+                link = self.registry.pick(service, exclude=tried)
+                if link is None:
+                    if tried:
+                        reason = f"every link for service {service!r} refused the stream"
+                    else:
+                        reason = f"no live link for service {service!r}"
+                    result.errback(OpenFailed(503, "no_link", reason))
+                    return
+                tried.append(link)
+                tunnel = TunnelStream(request, link, timeout, self.clock)
+                try:
+                    link.mux.open_stream(tunnel)
+                except MuxError:
+                    continue  # going away or full: next link
+                current.append(tunnel)
+                tunnel.answered.addCallbacks(answered, failed)
+                return
+
+        def answered(tunnel: TunnelStream) -> None:
+            if not result.called:
+                result.callback(tunnel)
+            else:
+                tunnel.transport.abortConnection()
+
+        def failed(failure: Failure) -> None:
+            if result.called:
+                return
+            if failure.check(_Retry):
+                attempt()
+            elif failure.check(OpenFailed):
+                result.errback(failure)
+            elif failure.check(CancelledError):
+                pass
+            else:
+                result.errback(OpenFailed(502, "internal", f"tunnel open failed: {failure.getErrorMessage()}"))
+
+        attempt()
+        return result
