@@ -1,0 +1,79 @@
+"""The ``shield`` command: check a config, make dev certificates, run the demo, be a test client."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from shield.config.errors import ConfigError
+
+EXIT_BAD_CONFIG = 2
+
+
+def check_config(path: str) -> int:
+    """Validate a DMZ or internal config exactly as twistd would; exit 2 when it is unusable."""
+    from shield.config.loader import load_config
+    from shield.config.model import DmzConfig
+
+    try:
+        config = load_config(Path(path))
+    except ConfigError as error:
+        print(f"{path}: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    kind = "DMZ gateway" if isinstance(config, DmzConfig) else "internal gateway"
+    services = ", ".join(service.name for service in config.services)
+    print(f"{path}: ok ({kind} {config.name!r}; services: {services})")
+    return 0
+
+
+def certs_dev(out: str, dmz_names: list[str], connectors: list[str]) -> int:
+    from shield.tls.devcerts import generate_dev_certs
+
+    try:
+        written = generate_dev_certs(Path(out), dmz_names, connectors)
+    except ValueError as error:
+        print(f"shield certs-dev: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    for path in written:
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shield", description="shield reverse tunnel tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check-config", help="validate a dmz.toml or internal.toml")
+    check.add_argument("file")
+
+    certs = commands.add_parser("certs-dev", help="make a development CA and gateway certificates")
+    certs.add_argument("--out", required=True, help="folder for the PEM files")
+    certs.add_argument("--dmz-name", nargs="+", required=True, dest="dmz_names", metavar="NAME")
+    certs.add_argument("--connector", nargs="+", required=True, dest="connectors", metavar="ID")
+
+    demo = commands.add_parser("demo", help="run a DMZ gateway, a connector and an echo backend on 127.0.0.1")
+    demo.add_argument("--dir", default="demo-run", help="folder for generated configs and certificates")
+
+    client = commands.add_parser("client", help="connect stdin/stdout to a ws://, wss://, tcp:// or tls:// URL")
+    client.add_argument("url")
+
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file)
+    if args.command == "certs-dev":
+        return certs_dev(args.out, args.dmz_names, args.connectors)
+    if args.command == "demo":
+        from shield.demo import run_demo
+
+        return run_demo(Path(args.dir))
+    if args.command == "client":
+        from shield.client import run_client
+
+        return run_client(args.url)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
