@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -19,7 +19,7 @@ from shield.net import describe_address, set_no_delay
 from shield.relay import Relay, TransportSide
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class PublicTcpProtocol(Protocol):
     def __init__(self, front: ServiceFront, kind: str) -> None:
         self.front = front
@@ -33,6 +33,14 @@ class PublicTcpProtocol(Protocol):
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
         self.client = describe_address(self.transport.getPeer())
+        if self.kind == "tcp":
+            self._open_tunnel()
+        # tls: wait for the handshake, so a client that never completes it costs no tunnel.
+
+    def handshakeCompleted(self) -> None:
+        self._open_tunnel()
+
+    def _open_tunnel(self) -> None:
         self.transport.pauseProducing()
         self._opening = self.front.open(self.client, self.kind)
         self._opening.addCallbacks(self._opened, self._refused)
