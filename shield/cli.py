@@ -18,6 +18,7 @@ def check_config(path: str) -> int:
 
     try:
         config = load_config(Path(path))
+        build_gateway(config)
     except ConfigError as error:
         print(f"{path}: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -25,6 +26,21 @@ def check_config(path: str) -> int:
     services = ", ".join(service.name for service in config.services)
     print(f"{path}: ok ({kind} {config.name!r}; services: {services})")
     return 0
+
+
+def build_gateway(config: object) -> object:
+    """The gateway service twistd would run (not started): loads every certificate and key."""
+    from twisted.internet import reactor
+
+    from shield.config.model import DmzConfig
+
+    if isinstance(config, DmzConfig):
+        from shield.dmz.gateway import DmzGateway
+
+        return DmzGateway(config, reactor)
+    from shield.internal.gateway import InternalGateway
+
+    return InternalGateway(config, reactor)  # type: ignore[arg-type]
 
 
 def certs_dev(out: str, dmz_names: list[str], connectors: list[str]) -> int:

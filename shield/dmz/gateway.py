@@ -22,6 +22,7 @@ from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
 from shield.ops.drain import drain_links, fatal
 from shield.ops.metrics import Metrics
+from shield.tap.common import tls_material
 from shield.tls.contexts import backplane_server_context, public_server_context
 
 log = Logger(namespace="shield.dmz")
@@ -42,6 +43,19 @@ class DmzGateway(Service):
         self.admin_port: IListeningPort | None = None
         self.registry.on_change(self._update_link_metrics)
         self._started: Deferred[None] | None = None
+        # Built now, so an unusable certificate stops the process (exit 2) before it listens.
+        backplane = config.backplane
+        self.backplane_tls = tls_material(
+            {"dmz.backplane.cert": backplane.cert, "dmz.backplane.ca": backplane.ca},
+            lambda: backplane_server_context(backplane.cert, backplane.ca, known_identity_check(config)),
+        )
+        self.public_tls = {}
+        for index, service in enumerate(config.services):
+            if service.cert is not None:
+                cert = service.cert
+                self.public_tls[service.name] = tls_material(
+                    {f"dmz.service[{index}].cert": cert}, lambda cert=cert: public_server_context(cert)
+                )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -53,11 +67,8 @@ class DmzGateway(Service):
     @inlineCallbacks
     def _listen_all(self):  # type: ignore[no-untyped-def]
         config = self.config
-        backplane_tls = backplane_server_context(
-            config.backplane.cert, config.backplane.ca, known_identity_check(config)
-        )
         listeners: list[tuple[Uri, Factory, str]] = [
-            (config.backplane.accept, TLSMemoryBIOFactory(backplane_tls, False, self.backplane), "backplane")
+            (config.backplane.accept, TLSMemoryBIOFactory(self.backplane_tls, False, self.backplane), "backplane")
         ]
         listeners += self._frontplane_listeners()
         for uri, factory, what in listeners:
@@ -86,18 +97,18 @@ class DmzGateway(Service):
                 if uri.scheme in ("ws", "wss"):
                     websocket_routes[key].append((uri.path or "/", front, str(uri)))
                     if uri.scheme == "wss":
-                        tls_certs[key] = service.cert
+                        tls_certs[key] = self.public_tls[service.name]
                 elif uri.scheme == "tcp":
                     listeners.append((uri, PublicTcpFactory(front, "tcp"), f"service {service.name} (tcp)"))
                 else:
                     factory = PublicTcpFactory(front, "tls")
-                    tls = TLSMemoryBIOFactory(public_server_context(service.cert), False, factory)
+                    tls = TLSMemoryBIOFactory(self.public_tls[service.name], False, factory)
                     listeners.append((uri, tls, f"service {service.name} (tls)"))
         for (scheme, host, port), routes in websocket_routes.items():
             site = websocket_site(routes)
             factory: Factory = site
             if scheme == "wss":
-                factory = TLSMemoryBIOFactory(public_server_context(tls_certs[(scheme, host, port)]), False, site)
+                factory = TLSMemoryBIOFactory(tls_certs[(scheme, host, port)], False, site)
             names = ", ".join(sorted({front.name for _, front, _ in routes}))
             listeners.append((Uri(scheme, host, port), factory, f"service {names} ({scheme})"))
         return listeners

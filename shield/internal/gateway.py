@@ -15,7 +15,8 @@ from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
 from shield.ops.drain import fatal
 from shield.ops.metrics import Metrics
-from shield.tls.contexts import backplane_client_options
+from shield.tap.common import tls_material
+from shield.tls.contexts import backend_client_options, backplane_client_options
 
 log = Logger(namespace="shield.internal")
 
@@ -35,7 +36,18 @@ class InternalGateway(Service):
             keepalive_missed_limit=backplane.keepalive.misses,
         )
         # Built now, so a bad certificate stops the process before it dials anything.
-        self.tls_options = backplane_client_options(backplane.cert, backplane.ca, backplane.server_name)
+        self.tls_options = tls_material(
+            {"internal.backplane.cert": backplane.cert, "internal.backplane.ca": backplane.ca},
+            lambda: backplane_client_options(backplane.cert, backplane.ca, backplane.server_name),
+        )
+        for index, service in enumerate(config.services):
+            if service.connect.scheme == "tls":
+                tls_material(
+                    {f"internal.service[{index}].ca": service.ca} if service.ca else {},
+                    lambda service=service: backend_client_options(
+                        service.server_name or service.connect.host, service.ca
+                    ),
+                )
         self.slots: list[LinkSlot] = []
         self.endpoints: list[str] = []
         self.admin_port: IListeningPort | None = None

@@ -65,3 +65,5 @@ def fatal(failure: Failure, reactor: IReactorCore, what: str) -> None:
     reactor.addSystemEventTrigger("after", "shutdown", exit_now)
     if reactor.running:
         reactor.stop()
+    else:  # startService runs before the reactor does
+        reactor.callWhenRunning(reactor.stop)

@@ -37,6 +37,24 @@ class GatewayOptions(usage.Options):
             config_failure(path, error)
 
 
+def tls_material(key_paths: dict[str, Path], build: Callable[[], T]) -> T:
+    """Build TLS contexts; a bad certificate, key or CA becomes a ConfigError at its key path.
+
+    ``key_paths`` maps config key paths to the files they name, so the error says which key
+    points at the unusable file.
+    """
+    from shield.tls.contexts import TLSConfigError
+
+    try:
+        return build()
+    except TLSConfigError as error:
+        message = str(error)
+        for key_path, file in key_paths.items():
+            if str(file) in message:
+                raise ConfigError(key_path, message) from error
+        raise ConfigError(next(iter(key_paths), ""), message) from error
+
+
 def build_or_exit(path: str, build: Callable[[], T]) -> T:
     """Build the service; certificate and key problems found here also exit 2."""
     try:
