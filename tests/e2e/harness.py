@@ -163,8 +163,13 @@ class Topology:
     processes: list[Process] = field(default_factory=list)
 
     def port(self, name: str) -> int:
+        """A port of its own for ``name`` (the OS may hand a just-released port out twice)."""
         if name not in self.ports:
-            self.ports[name] = free_port()
+            taken = set(self.ports.values())
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            self.ports[name] = port
         return self.ports[name]
 
     def url(self, name: str, scheme: str = "http", path: str = "") -> str:
