@@ -44,6 +44,15 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 
 
+def _close_reason(reason: str) -> bytes:
+    """A close reason fits 123 bytes of UTF-8: cut at a word, never inside a character."""
+    encoded = reason.encode("utf-8")
+    if len(encoded) <= 123:
+        return encoded
+    cut = encoded[:120].decode("utf-8", errors="ignore").rsplit(" ", 1)[0]
+    return (cut + "...").encode("utf-8")
+
+
 class WebSocketSide:
     """The relay's view of a WebSocket client: bytes go out as binary messages."""
 
@@ -69,8 +78,10 @@ class WebSocketSide:
         self.protocol.sendClose(1000)
 
     def abort(self, reason: str) -> None:
-        code = CLOSE_GOING_AWAY if "link lost" in reason else CLOSE_INTERNAL_ERROR
-        self.protocol.sendClose(code, reason[:120])
+        code = CLOSE_GOING_AWAY if "link lost" in reason or "shutting down" in reason else CLOSE_INTERNAL_ERROR
+        # sendClose() only lets applications use 1000 and 3000-4999; 1001 and 1011 are the
+        # codes RFC 6455 gives a server for these cases, so send the frame directly.
+        self.protocol.sendCloseFrame(code=code, reasonUtf8=_close_reason(reason), isReply=False)
 
 
 class PublicWebSocketProtocol(WebSocketServerProtocol):

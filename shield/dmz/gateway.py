@@ -20,7 +20,7 @@ from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import TunnelOpener
 from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
-from shield.ops.drain import drain_links, fatal
+from shield.ops.drain import drain_links, exit_cleanly_after_drain, fatal
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.tls.contexts import backplane_server_context, public_server_context
@@ -128,6 +128,7 @@ class DmzGateway(Service):
         )
         if self.admin_port is not None:
             yield self.admin_port.stopListening()
+        exit_cleanly_after_drain(self.reactor)
 
     # -- state for ops --------------------------------------------------------------------------
 

@@ -171,8 +171,12 @@ class TunnelStream(Protocol):
 
 def _link_reason(reason: Failure) -> str:
     message = reason.getErrorMessage()
-    if "mux session lost" in message:
-        return f"connector link lost ({message.split(': ', 1)[-1]})"
+    marker = "mux session lost: "
+    if marker in message:
+        detail = message.split(marker, 1)[1]
+        if detail.startswith("shutting down"):
+            return f"DMZ gateway {detail}"
+        return f"connector link lost ({detail})"
     if "reset" in message:
         return "tunnel reset by the connector"
     return message or "closed"

@@ -13,7 +13,7 @@ from shield.internal.pool import LinkSlot, endpoint_for, endpoint_label, resolve
 from shield.mux import MuxConfig
 from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
-from shield.ops.drain import fatal
+from shield.ops.drain import exit_cleanly_after_drain, fatal
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.tls.contexts import backend_client_options, backplane_client_options
@@ -99,12 +99,13 @@ class InternalGateway(Service):
             timer.cancel()
         if self.admin_port is not None:
             yield self.admin_port.stopListening()
+        exit_cleanly_after_drain(self.reactor)
 
     def _grace_over(self) -> None:
         left = sum(slot.tunnels for slot in self.slots)
         log.warn("connector {name}: grace period over, closing {n} tunnels", name=self.config.name, n=left)
         for slot in self.slots:
-            slot.abort()
+            slot.abort("shutting down: grace period over")
 
     def link_changed(self) -> None:
         counts = {label: 0 for label in self.endpoints}

@@ -139,10 +139,10 @@ class LinkSlot:
             return succeed(None)
         return protocol.go_away()
 
-    def abort(self) -> None:
+    def abort(self, reason: str) -> None:
         protocol = self._protocol
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.abortConnection()
+        if protocol is not None and protocol.is_open:
+            protocol.abort(reason)
 
     @property
     def tunnels(self) -> int:

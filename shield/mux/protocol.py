@@ -146,6 +146,14 @@ class MuxProtocol(Protocol):
         self._peer_away_waiters.append(waiter)
         return waiter
 
+    def abort(self, reason: str) -> None:
+        """Cut the link now; every stream ends with ``reason``."""
+        if not self._connected or self.transport is None:
+            return
+        if self._close_reason is None:
+            self._close_reason = reason
+        self.transport.abortConnection()
+
     @property
     def going_away(self) -> bool:
         return self.session.local_go_away or self.session.remote_go_away
@@ -188,9 +196,7 @@ class MuxProtocol(Protocol):
             self._close_reason = _describe(reason)
         if self.session.terminated is None:
             self.session.terminate(GoAwayCode.NORMAL, self._close_reason)
-        for stream in list(self.streams.values()):
-            stream.session_lost(self._close_reason)
-        self.streams.clear()
+        self._end_streams(self._close_reason)
         self._dirty.clear()
         pings, self._ping_waiters = self._ping_waiters, {}
         for waiter, _ in pings.values():
@@ -330,9 +336,7 @@ class MuxProtocol(Protocol):
     def _terminated(self, code: int, reason: str) -> None:
         self._close_reason = reason
         self.log.warn("mux {peer}: session ended: {reason}", peer=self._peer(), reason=reason)
-        for stream in list(self.streams.values()):
-            stream.session_lost(reason)
-        self.streams.clear()
+        self._end_streams(reason)
         self._dirty.clear()
         transport = self.transport
         if transport is None:
@@ -345,6 +349,20 @@ class MuxProtocol(Protocol):
         transport.write(data)
         self._close_transport()
         self._clock.callLater(GO_AWAY_LINGER, self._abort_if_connected)
+
+    def _end_streams(self, reason: str) -> None:
+        """Tell every stream the session is gone; one failing protocol must not spare the others."""
+        for stream in list(self.streams.values()):
+            try:
+                stream.session_lost(reason)
+            except Exception:
+                self.log.failure("mux {peer}: stream {id} failed while closing", peer=self._peer(), id=stream.stream_id)
+        self.streams.clear()
+
+    @property
+    def is_open(self) -> bool:
+        """The underlying connection is up (``connected`` is Twisted's own flag, set once)."""
+        return self._connected
 
     def _close_transport(self) -> None:
         """Close cleanly. TLS waits for registered producers before it shuts down, so go first."""

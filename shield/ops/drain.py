@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -38,8 +39,8 @@ def drain_links(
             "grace period of {grace:g} s over: closing {n} tunnels still open", grace=grace_period, n=left
         )
         for link in links:
-            if link.transport is not None:
-                link.transport.abortConnection()
+            if link.is_open:
+                link.abort("shutting down: grace period over")
 
     timer = clock.callLater(grace_period, expired)
 
@@ -50,6 +51,16 @@ def drain_links(
 
     DeferredList(closing, consumeErrors=True).addCallback(finished)
     return done
+
+
+def exit_cleanly_after_drain(reactor: IReactorCore) -> None:
+    """A completed SIGTERM drain exits with status 0.
+
+    twistd normally re-raises the signal that stopped it once the reactor is done, so the
+    process would end "killed by SIGTERM"; after a graceful drain that is not what happened.
+    """
+    if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
+        reactor._exitSignal = None  # type: ignore[attr-defined]
 
 
 def fatal(failure: Failure, reactor: IReactorCore, what: str) -> None:
