@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.internet import error, protocol
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 
 class Side(Protocol):
@@ -149,3 +152,38 @@ class Relay:
         self._finished = True
         if self._on_finished is not None:
             self._on_finished(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class RelayedProtocol(protocol.Protocol):
+    """A socket's protocol that hands everything to its relay once it has one.
+
+    Before ``join`` it receives nothing (its transport is paused or not yet read).
+    """
+
+    relay: Relay | None = None
+    side: TransportSide | None = None
+
+    def join(self, relay_factory: Callable[[TransportSide], Relay]) -> Relay:
+        self.side = TransportSide(self.transport)
+        self.relay = relay_factory(self.side)
+        return self.relay
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.received(self.side, data)  # type: ignore[arg-type]
+
+    def readConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.eof(self.side)  # type: ignore[arg-type]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        if self.relay is not None:
+            clean = reason.check(error.ConnectionDone) is not None
+            self.relay.lost(self.side, clean, self.describe_loss(reason))  # type: ignore[arg-type]
+
+    def describe_loss(self, reason: Failure) -> str:
+        return reason.getErrorMessage()

@@ -8,26 +8,24 @@ from __future__ import annotations
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, IHandshakeListener
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
 from shield.net import describe_address, set_no_delay
-from shield.relay import Relay, TransportSide
+from shield.relay import RelayedProtocol
 
 
-@implementer(IHalfCloseableProtocol, IHandshakeListener)
-class PublicTcpProtocol(Protocol):
+@implementer(IHandshakeListener)
+class PublicTcpProtocol(RelayedProtocol):
     def __init__(self, front: ServiceFront, kind: str) -> None:
         self.front = front
         self.kind = kind  # "tcp" or "tls"
         self.client = "?"
         self._opening: Deferred[TunnelStream] | None = None
-        self._relay: Relay | None = None
-        self._side: TransportSide | None = None
         self._gone = False
 
     def connectionMade(self) -> None:
@@ -50,9 +48,8 @@ class PublicTcpProtocol(Protocol):
         if self._gone:
             tunnel.transport.abortConnection()
             return
-        self._side = TransportSide(self.transport)
         self.transport.resumeProducing()
-        self._relay = self.front.relay(tunnel, self._side, self.client, self.kind)
+        self.join(lambda side: self.front.relay(tunnel, side, self.client, self.kind))
 
     def _refused(self, failure: Failure) -> None:
         self._opening = None
@@ -62,25 +59,12 @@ class PublicTcpProtocol(Protocol):
         self.front.refused(self.client, self.kind, problem)
         self.transport.loseConnection()
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._relay is not None:
-            self._relay.received(self._side, data)  # type: ignore[arg-type]
-
-    def readConnectionLost(self) -> None:
-        if self._relay is not None:
-            self._relay.eof(self._side)  # type: ignore[arg-type]
-
-    def writeConnectionLost(self) -> None:
-        pass
-
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._gone = True
         if self._opening is not None:
             opening, self._opening = self._opening, None
             opening.cancel()
-        if self._relay is not None:
-            clean = reason.check(error.ConnectionDone) is not None
-            self._relay.lost(self._side, clean, reason.getErrorMessage())  # type: ignore[arg-type]
+        super().connectionLost(reason)
 
 
 class PublicTcpFactory(Factory):

@@ -22,40 +22,20 @@ from shield.config.model import InternalService
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
 from shield.net import set_no_delay, stream_client_endpoint
 from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
-from shield.relay import Relay, TransportSide
+from shield.relay import Relay, RelayedProtocol, TransportSide
 from shield.tls.contexts import backend_client_options
 
 log = Logger(namespace="shield.internal.backend")
 
 
-@implementer(IHalfCloseableProtocol)
-class BackendConnection(Protocol):
+class BackendConnection(RelayedProtocol):
     """The socket to the backend; reports to the relay once the tunnel is joined."""
-
-    def __init__(self) -> None:
-        self.relay: Relay | None = None
-        self.side: TransportSide | None = None
-        self.connected_at = 0.0
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
-        self.side = TransportSide(self.transport)
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.relay is not None:
-            self.relay.received(self.side, data)  # type: ignore[arg-type]
-
-    def readConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.eof(self.side)  # type: ignore[arg-type]
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
-        if self.relay is not None:
-            clean = reason.check(error.ConnectionDone) is not None
-            self.relay.lost(self.side, clean, f"backend: {reason.getErrorMessage()}")  # type: ignore[arg-type]
+    def describe_loss(self, reason: Failure) -> str:
+        return f"backend: {reason.getErrorMessage()}"
 
 
 PUBLIC_REASONS = {
@@ -146,15 +126,16 @@ class BackendStream(Protocol):
         def finished(reason: str) -> None:
             active.dec()
 
-        relay = Relay(
-            self._side,
-            backend.side,  # type: ignore[arg-type]
-            metrics.byte_counter(name, TO_BACKEND),
-            metrics.byte_counter(name, TO_CLIENT),
-            finished,
+        relay = backend.join(
+            lambda backend_side: Relay(
+                self._side,  # type: ignore[arg-type]
+                backend_side,
+                metrics.byte_counter(name, TO_BACKEND),
+                metrics.byte_counter(name, TO_CLIENT),
+                finished,
+            )
         )
         self._relay = relay
-        backend.relay = relay
         self.transport.resumeProducing()
         held, self._held = self._held, []
         for chunk in held:
