@@ -4,7 +4,7 @@
 - ``source``: reads an 8-byte big-endian count N, sends N bytes of a known pattern
   (``pattern_block``), then half-closes; keeps reading until EOF.
 - ``count``: reads to EOF and answers the byte count and SHA-256 of what it got, as one line.
-It prints "listening" once ready and one line per connection, so tests can count connections.
+PORT may be a unix socket path (starting with /). It prints "listening" once ready and one line per connection, so tests can count connections.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-async def main(mode: str, port: int) -> None:
+async def main(mode: str, port: int | str) -> None:
     handler = {"echo": echo, "source": source, "count": count}[mode]
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -75,11 +75,16 @@ async def main(mode: str, port: int) -> None:
         except (ConnectionError, asyncio.IncompleteReadError) as problem:
             print(f"connection ended: {problem!r}", flush=True)
 
-    server = await asyncio.start_server(serve, "127.0.0.1", port)
-    print(f"listening on 127.0.0.1:{port} ({mode})", flush=True)
+    if isinstance(port, str):
+        server = await asyncio.start_unix_server(serve, port)
+        print(f"listening on unix:{port} ({mode})", flush=True)
+    else:
+        server = await asyncio.start_server(serve, "127.0.0.1", port)
+        print(f"listening on 127.0.0.1:{port} ({mode})", flush=True)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    where = sys.argv[2]
+    asyncio.run(main(sys.argv[1], where if where.startswith("/") else int(where)))

@@ -261,11 +261,18 @@ class Topology:
     def start_backend(self, mode: str = "echo", name: str = "backend") -> tuple[Process, int]:
         """The test backend (tests/e2e/backend.py) in ``mode``: echo, or source (see that file)."""
         port = self.port(name)
-        argv = [sys.executable, str(HERE / "backend.py"), mode, str(port)]
+        return self._backend(mode, name, str(port)), port
+
+    def start_unix_backend(self, mode: str = "echo", name: str = "backend") -> tuple[Process, Path]:
+        path = self.folder / f"{name}.sock"
+        return self._backend(mode, name, str(path)), path
+
+    def _backend(self, mode: str, name: str, where: str) -> Process:
+        argv = [sys.executable, str(HERE / "backend.py"), mode, where]
         process = Process(name, argv, self.folder / f"{name}.log", self.folder).start()
         self.processes.append(process)
         process.wait_for_log("listening")
-        return process, port
+        return process
 
     def dmz_ready(self, timeout: float = START_TIMEOUT) -> None:
         wait_ready(self.url("dmz-admin"), timeout)
