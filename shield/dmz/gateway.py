@@ -20,7 +20,7 @@ from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import TunnelOpener
 from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
-from shield.ops.drain import drain_links, exit_cleanly_after_drain, fatal
+from shield.ops.drain import raise_file_limit, drain_links, exit_cleanly_after_drain, fatal
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.tls.contexts import backplane_server_context, public_server_context
@@ -61,6 +61,8 @@ class DmzGateway(Service):
 
     def startService(self) -> None:
         super().startService()
+        limit = raise_file_limit(log)
+        log.info("open-files limit: {limit}", limit=limit)
         self._started = self._listen_all()
         self._started.addErrback(fatal, self.reactor, "shield-dmz could not start")
 

@@ -13,7 +13,7 @@ from shield.internal.pool import LinkSlot, endpoint_for, endpoint_label, resolve
 from shield.mux import MuxConfig
 from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
-from shield.ops.drain import exit_cleanly_after_drain, fatal
+from shield.ops.drain import raise_file_limit, exit_cleanly_after_drain, fatal
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.tls.contexts import backend_client_options, backplane_client_options
@@ -55,6 +55,8 @@ class InternalGateway(Service):
 
     def startService(self) -> None:
         super().startService()
+        limit = raise_file_limit(log)
+        log.info("open-files limit: {limit}", limit=limit)
         self._started = self._start()
         self._started.addErrback(fatal, self.reactor, "shield-internal could not start")
 

@@ -78,3 +78,19 @@ def fatal(failure: Failure, reactor: IReactorCore, what: str) -> None:
         reactor.stop()
     else:  # startService runs before the reactor does
         reactor.callWhenRunning(reactor.stop)
+
+
+def raise_file_limit(log: Logger) -> int:
+    """Lift the soft open-files limit to the hard one: every client is a socket (often 2)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as problem:
+            log.warn("cannot raise the open-files limit from {soft}: {problem}", soft=soft, problem=problem)
+    return soft
