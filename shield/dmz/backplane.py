@@ -22,7 +22,7 @@ from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
 from shield.mux import MuxConfig
 from shield.mux.protocol import MuxProtocol
-from shield.net import describe_address
+from shield.net import describe_address, set_no_delay
 from shield.tls.identity import peer_identity
 
 #: How long a connector has, once TLS is up, to announce itself.
@@ -61,6 +61,7 @@ class DmzLinkProtocol(MuxProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        set_no_delay(self.transport)
         self._announce_timer = self.backplane.clock.callLater(ANNOUNCE_TIMEOUT, self._no_announcement)
 
     def handshakeCompleted(self) -> None:

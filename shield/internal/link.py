@@ -22,6 +22,7 @@ from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, 
 from shield.mux import MuxConfig
 from shield.mux.protocol import MuxProtocol
 from shield.mux.stream import MuxStream
+from shield.net import set_no_delay
 
 if TYPE_CHECKING:
     from shield.internal.pool import LinkSlot
@@ -46,6 +47,10 @@ class ConnectorLinkProtocol(MuxProtocol):
         self.dmz_name = ""
         self.connected_at = time.monotonic()
         self.control: MuxStream | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        set_no_delay(self.transport)
 
     def handshakeCompleted(self) -> None:
         gateway = self.slot.gateway.config

@@ -293,8 +293,15 @@ class Session:
         events: list[Event] = []
         if self._terminated is not None:
             return events
-        buf = self._inbuf
-        buf += data
+        # Work on the caller's bytes directly unless a partial frame is pending: payload that
+        # spans a whole chunk is then handed on without a copy.
+        pending = self._inbuf
+        buffered = bool(pending)
+        if buffered:
+            pending += data
+            buf: bytes | bytearray = pending
+        else:
+            buf = data
         pos = 0
         end = len(buf)
         try:
@@ -306,7 +313,8 @@ class Session:
                     n = available if available < self._payload_left else self._payload_left
                     stream = self._payload_stream
                     if stream is not None:
-                        events.append(DataReceived(stream.stream_id, bytes(buf[pos : pos + n])))
+                        chunk = buf if (n == end and not buffered) else bytes(buf[pos : pos + n])
+                        events.append(DataReceived(stream.stream_id, chunk))  # type: ignore[arg-type]
                     pos += n
                     self._payload_left -= n
                     if self._payload_left:
@@ -322,9 +330,11 @@ class Session:
         except (_Violation, HeaderError) as violation:
             self._terminate(GoAwayCode.PROTOCOL_ERROR, str(violation), events, send=True)
         if self._terminated is not None:
-            buf.clear()
-        else:
-            del buf[:pos]
+            pending.clear()
+        elif buffered:
+            del pending[:pos]
+        elif pos < end:
+            pending += buf[pos:]
         return events
 
     # -- frame handling -----------------------------------------------------------------------
