@@ -78,7 +78,7 @@ _TOP_KEYS = ("properties", "dmz", "internal")
 _DMZ_KEYS = ("name", "admin", "grace-period", "open-timeout", "backplane", "service")
 _DMZ_BACKPLANE_KEYS = (
     "accept", "cert", "ca", "connectors",
-    "keepalive-interval", "keepalive-misses", "stream-window",
+    "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max",
 )  # fmt: skip
 _DMZ_SERVICE_KEYS = (
     "name", "accept", "allow-origin", "max-message-size", "ws-ping-interval", "open-timeout",
@@ -88,7 +88,7 @@ _WS_ONLY_KEYS = ("allow-origin", "max-message-size", "ws-ping-interval")
 _INTERNAL_KEYS = ("name", "admin", "priority", "grace-period", "backplane", "service")
 _INTERNAL_BACKPLANE_KEYS = (
     "connect", "server-name", "links", "cert", "ca",
-    "keepalive-interval", "keepalive-misses", "stream-window",
+    "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max",
 )  # fmt: skip
 _INTERNAL_SERVICE_KEYS = ("name", "connect", "connect-timeout", "ca", "server-name")
 _TLS_BACKEND_KEYS = ("ca", "server-name")
@@ -542,6 +542,12 @@ def _stream_window(table: _Table, cls: type) -> int:
     )  # fmt: skip
 
 
+def _stream_window_max(table: _Table, cls: type, stream_window: int) -> int:
+    """How far a fast stream's window may grow; never below ``stream-window``."""
+    default = max(_default(cls, "stream_window_max"), stream_window)
+    return table.integer("stream-window-max", default, stream_window, MAX_STREAM_WINDOW, " bytes")
+
+
 # --------------------------------------------------------------------------- DMZ gateway
 
 
@@ -598,7 +604,8 @@ def _dmz_backplane(table: _Table) -> tuple[DmzBackplane, dict[str, list[str]]]:
         ca=ca,
         connectors=connectors,
         keepalive=_keepalive(table),
-        stream_window=_stream_window(table, DmzBackplane),
+        stream_window=(window := _stream_window(table, DmzBackplane)),
+        stream_window_max=_stream_window_max(table, DmzBackplane, window),
     )
     return backplane, paths
 
@@ -758,7 +765,8 @@ def _internal_backplane(table: _Table) -> InternalBackplane:
         ca=table.file("ca"),
         links=table.integer("links", _default(InternalBackplane, "links"), 1, MAX_LINKS),
         keepalive=_keepalive(table),
-        stream_window=_stream_window(table, InternalBackplane),
+        stream_window=(window := _stream_window(table, InternalBackplane)),
+        stream_window_max=_stream_window_max(table, InternalBackplane, window),
     )
 
 

@@ -62,6 +62,7 @@ class DmzBackplane:
     connectors: dict[str, tuple[str, ...]] = field(default_factory=dict)
     keepalive: KeepaliveSettings = KeepaliveSettings()
     stream_window: int = 262144
+    stream_window_max: int = 4194304  # a stream whose reader keeps up may grow its window to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class InternalBackplane:
     links: int = 2
     keepalive: KeepaliveSettings = KeepaliveSettings()
     stream_window: int = 262144
+    stream_window_max: int = 4194304  # a stream whose reader keeps up may grow its window to this
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from shield.config.model import DmzConfig
+from shield.config.mux import mux_config_for
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
-from shield.mux import MuxConfig
 from shield.mux.protocol import MuxProtocol
 from shield.net import describe_address, set_no_delay
 from shield.tls.identity import peer_identity
@@ -31,14 +31,6 @@ ANNOUNCE_TIMEOUT = 10.0
 log = Logger(namespace="shield.dmz.backplane")
 
 
-def mux_config_for(stream_window: int, keepalive_interval: float, keepalive_misses: int) -> MuxConfig:
-    return MuxConfig(
-        stream_window=stream_window,
-        keepalive_interval=keepalive_interval,
-        keepalive_missed_limit=keepalive_misses,
-    )
-
-
 @implementer(IHandshakeListener)
 class DmzLinkProtocol(MuxProtocol):
     """One connector link at the DMZ (yamux server side)."""
@@ -47,7 +39,7 @@ class DmzLinkProtocol(MuxProtocol):
         config = backplane.config.backplane
         super().__init__(
             client=False,
-            config=mux_config_for(config.stream_window, config.keepalive.interval, config.keepalive.misses),
+            config=mux_config_for(config),
             stream_factory=_ControlStreamFactory(self),
             clock=backplane.clock,
         )

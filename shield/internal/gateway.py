@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from shield.config.model import InternalConfig
 from shield.internal.backend import BackendDialer
 from shield.internal.pool import LinkSlot, endpoint_for, endpoint_label, resolve
-from shield.mux import MuxConfig
+from shield.config.mux import mux_config_for
 from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
 from shield.ops.drain import raise_file_limit, exit_cleanly_after_drain, fatal
@@ -30,11 +30,7 @@ class InternalGateway(Service):
         self.metrics = Metrics()
         self.dialer = BackendDialer(config.services, self.metrics, reactor)
         backplane = config.backplane
-        self.mux_config = MuxConfig(
-            stream_window=backplane.stream_window,
-            keepalive_interval=backplane.keepalive.interval,
-            keepalive_missed_limit=backplane.keepalive.misses,
-        )
+        self.mux_config = mux_config_for(backplane)
         # Built now, so a bad certificate stops the process before it dials anything.
         self.tls_options = tls_material(
             {"internal.backplane.cert": backplane.cert, "internal.backplane.ca": backplane.ca},

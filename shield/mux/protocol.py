@@ -234,6 +234,9 @@ class MuxProtocol(Protocol):
     def call_later(self, delay: float, f: Callable[..., Any], *args: object) -> IDelayedCall:
         return self._clock.callLater(delay, f, *args)
 
+    def now(self) -> float:
+        return self._clock.seconds()
+
     def link_address(self, peer: bool) -> IAddress | None:
         if self.transport is None:
             return None

@@ -74,7 +74,9 @@ class _Stream:
     local: bool  # opened by this side
     send_window: int
     recv_window: int  # bytes the peer may still send
+    window: int = INITIAL_WINDOW  # the receive window this stream grants now (may grow)
     consumed: int = 0  # acknowledged by the application, not yet granted back
+    last_grant: float | None = None  # when credit was last given back (for window growth)
     local_open: bool = True
     remote_open: bool = True
     acked: bool = False
@@ -87,7 +89,8 @@ class Session:
         self.client = client
         self.config = config if config is not None else MuxConfig()
         self._window = self.config.stream_window
-        self._grant_threshold = self._window // 2
+        self._window_limit = self.config.window_limit
+        self._growth_interval = self.config.window_growth_interval
         self._frame_limit = self.config.frame_length_limit
         self._send_frame_size = self.config.send_frame_size
         self._streams: dict[int, _Stream] = {}
@@ -180,7 +183,7 @@ class Session:
             raise StreamIdsExhaustedError("stream ids exhausted on this session")
         self._next_id += 2
         self._streams[stream_id] = _Stream(
-            stream_id, local=True, send_window=INITIAL_WINDOW, recv_window=self._window
+            stream_id, local=True, send_window=INITIAL_WINDOW, recv_window=self._window, window=self._window
         )
         self._out.append(
             encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, stream_id, self._window - INITIAL_WINDOW)
@@ -224,25 +227,39 @@ class Session:
         if self._payload_stream is stream:
             self._payload_stream = None
 
-    def acknowledge(self, stream_id: int, n: int) -> None:
+    def acknowledge(self, stream_id: int, n: int, now: float | None = None) -> None:
         """The application consumed ``n`` delivered bytes: give the peer credit back.
 
         Credit is granted in batches of half a window, so a steady reader sends few updates.
+        With ``now`` (seconds) and a ``max_stream_window``, a reader that consumed half a window
+        within ``window_growth_interval`` of the previous grant doubles its window: the stream is
+        limited by the window, not by its reader.
         """
         stream = self._streams.get(stream_id)
         if stream is None or not stream.remote_open or n <= 0:
             return
         consumed = stream.consumed + n
-        if consumed + stream.recv_window > self._window:
+        if consumed + stream.recv_window > stream.window:
             raise ValueError(
                 f"stream {stream_id}: acknowledged more bytes than were delivered"
             )
-        if consumed >= self._grant_threshold:
-            stream.recv_window += consumed
-            stream.consumed = 0
-            self._out.append(encode_header(FrameType.WINDOW_UPDATE, Flag.NONE, stream_id, consumed))
-        else:
+        if consumed < stream.window // 2:
             stream.consumed = consumed
+            return
+        grant = consumed
+        if now is not None:
+            last, stream.last_grant = stream.last_grant, now
+            if (
+                last is not None
+                and now - last <= self._growth_interval
+                and stream.window < self._window_limit
+            ):
+                growth = min(stream.window, self._window_limit - stream.window)
+                stream.window += growth
+                grant += growth
+        stream.recv_window += grant
+        stream.consumed = 0
+        self._out.append(encode_header(FrameType.WINDOW_UPDATE, Flag.NONE, stream_id, grant))
 
     def ping(self, now: float) -> int:
         """Send a ping; the answer arrives as ``PongReceived`` with the round trip."""
@@ -444,7 +461,8 @@ class Session:
             events.append(StreamRejected(stream_id, refusal))
             return None
         stream = _Stream(
-            stream_id, local=False, send_window=INITIAL_WINDOW, recv_window=self._window, acked=True
+            stream_id, local=False, send_window=INITIAL_WINDOW, recv_window=self._window, acked=True,
+            window=self._window,
         )
         self._streams[stream_id] = stream
         self._out.append(

@@ -56,6 +56,8 @@ class StreamHost(Protocol):
 
     def call_later(self, delay: float, f: object, *args: object) -> IDelayedCall: ...
 
+    def now(self) -> float: ...
+
     def link_address(self, peer: bool) -> IAddress | None: ...
 
 
@@ -256,7 +258,7 @@ class MuxStream:
     def _deliver(self, data: bytes) -> None:
         assert self.protocol is not None
         self.protocol.dataReceived(data)
-        self._host.session.acknowledge(self.stream_id, len(data))
+        self._host.session.acknowledge(self.stream_id, len(data), self._host.now())
         self._host.schedule_flush(None)
 
     def _drain_inbox(self) -> None:

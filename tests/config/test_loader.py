@@ -1241,3 +1241,19 @@ def test_expansion_round_trips_through_a_file(
     else:
         with pytest.raises(ConfigError, match="bad origin ''"):
             load_config(path)
+
+
+def test_stream_window_max(load: Load, refuse: Any) -> None:
+    dmz = load(dmz_doc())
+    assert (dmz.backplane.stream_window, dmz.backplane.stream_window_max) == (262144, 4194304)
+    doc = dmz_doc()
+    doc["dmz"]["backplane"]["stream-window"] = 8388608
+    assert load(doc).backplane.stream_window_max == 8388608  # never below the window
+    doc = internal_doc()
+    doc["internal"]["backplane"].update({"stream-window": 1048576, "stream-window-max": 1048576})
+    assert load(doc).backplane.stream_window_max == 1048576  # growth disabled
+    doc["internal"]["backplane"]["stream-window-max"] = 524288
+    refuse(doc, "internal.backplane.stream-window-max", "must be between 1048576 and 16777216")
+    doc = dmz_doc()
+    doc["dmz"]["backplane"]["stream-window-max"] = 2**25
+    refuse(doc, "dmz.backplane.stream-window-max", "must be between")
