@@ -6,6 +6,8 @@ import ipaddress
 
 from twisted.internet.endpoints import (
     HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
     UNIXClientEndpoint,
@@ -28,6 +30,13 @@ def is_ipv6(host: str) -> bool:
         return False
 
 
+def is_ipv4(host: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
 def tcp_server_endpoint(reactor: IReactorCore, uri: Uri, backlog: int = 1024) -> IStreamServerEndpoint:
     """A TCP listening endpoint for ``uri``'s host and port (IPv4 or IPv6 literal, or a name)."""
     if is_ipv6(uri.host):
@@ -39,6 +48,12 @@ def stream_client_endpoint(reactor: IReactorCore, uri: Uri, timeout: float) -> I
     """A plain stream endpoint to ``tcp://``/``tls://`` host:port (TLS is added by the caller) or ``unix:``."""
     if uri.scheme == "unix":
         return UNIXClientEndpoint(reactor, uri.path, timeout=timeout)
+    # An address needs no lookup: HostnameEndpoint would still send it through the resolver's
+    # thread pool on every connection.
+    if is_ipv6(uri.host):
+        return TCP6ClientEndpoint(reactor, uri.host, uri.port, timeout=timeout)
+    if is_ipv4(uri.host):
+        return TCP4ClientEndpoint(reactor, uri.host, uri.port, timeout=timeout)
     return HostnameEndpoint(reactor, uri.host, uri.port, timeout=timeout)
 
 

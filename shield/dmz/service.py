@@ -53,13 +53,11 @@ class ServiceFront:
         holder: list[Relay] = []
 
         def finished(reason: str) -> None:
+            # No line per closed client: at thousands of clients a second that is the log's
+            # whole bandwidth. Refusals and lost links are logged where they happen.
             self._active.dec()
             if holder:
                 self.relays.discard(holder[0])
-            log.debug(
-                "{transport} client {client} -> {service}: closed ({reason})",
-                transport=transport, client=client, service=self.name, reason=reason,
-            )
 
         relay = tunnel.start_relay(public, self._to_backend, self._to_client, finished)
         if not relay._finished:

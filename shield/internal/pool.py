@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from shield.config.model import Uri
-from shield.net import is_ipv6
+from shield.net import is_ipv4, is_ipv6
 
 if TYPE_CHECKING:
     from shield.internal.gateway import InternalGateway
@@ -152,7 +152,7 @@ class LinkSlot:
 
 def resolve(uri: Uri) -> Deferred[list[str]]:
     """The addresses of a backplane ``connect`` host: each becomes an endpoint of its own."""
-    if uri.host.replace(".", "").isdigit() or is_ipv6(uri.host):
+    if is_ipv4(uri.host) or is_ipv6(uri.host):
         return succeed([uri.host])
 
     def lookup() -> list[str]:
