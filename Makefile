@@ -39,3 +39,23 @@ clean:
 # in the foreground. Ctrl-C stops all three.
 demo: venv
 	$(BIN)/shield demo --dir demo-run
+
+.PHONY: bench debian-bench-deps
+# Benchmarks against `ssh -R` and the backend directly (not part of `make test`): results in
+# benchmarks/results/ (JSON, Markdown table, PNG chart). `make bench QUICK=1` is a reduced run.
+# See docs/performance.md.
+DEBIAN_BENCH_PACKAGES := openssh-server openssh-client
+
+debian-bench-deps:
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then \
+		echo "installing Debian packages: $(DEBIAN_BENCH_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBIAN_BENCH_PACKAGES); \
+	fi
+
+$(BIN)/.bench-installed: $(BIN)/.installed setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]' --config-settings editable_mode=compat
+	touch $@
+
+bench: venv debian-bench-deps $(BIN)/.bench-installed
+	$(if $(filter-out 0,$(QUICK)),QUICK=1,QUICK=) $(BIN)/python -m benchmarks

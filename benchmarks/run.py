@@ -1,0 +1,437 @@
+"""``python -m benchmarks [--quick]``: every scenario against every target, in one invocation.
+
+The targets run side by side for the whole run (shield's DMZ and connector, sshd with ``ssh -R``,
+and the backend alone), each in front of a backend of its own built from the same program. Every
+repetition of a scenario visits every target, in an order that rotates from one repetition to
+the next, so that a machine that gets busier or quieter during the run moves all targets alike
+and the ratios hold. The idle-clients scenario comes last and starts fresh processes for each of
+its repetitions (a gateway that has already carried gigabytes has memory to reuse, which would
+hide what idle clients cost).
+
+Everything is bounded: each measurement has a timeout, the whole run has a watchdog that stops
+every process it started, and every process is stopped at the end whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from benchmarks import clients, report
+from benchmarks.procstats import Snapshot, snapshot, tree
+from benchmarks.settings import FULL, QUICK, MIB, Settings
+from benchmarks.targets import LABELS, REPO, TARGETS, Deployment, Target, start
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCENARIOS = ["bulk", "latency", "conn_rate", "streams", "idle"]
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+class Bench:
+    def __init__(self, settings: Settings, quick: bool, name: str, work: Path, targets: list[str], scenarios: list[str]) -> None:
+        self.settings = settings
+        self.quick = quick
+        self.name = name
+        self.work = work
+        self.target_names = targets
+        self.scenarios = scenarios
+        self.started = time.monotonic()
+        self.live: list[Deployment] = []  # every deployment running, for the final clean-up
+        self.shared: dict[str, tuple[Deployment, list[Target]]] = {}
+        self.runs: dict[str, dict[str, list[float | None]]] = {}
+        self.raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.idle_established: dict[str, list[int]] = {}
+        self.env: dict[str, object] = {}
+        self.lock = threading.Lock()
+
+    # -- output --------------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self.started)
+        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", flush=True)
+
+    def record(self, metric: str, target: str, value: float | None) -> None:
+        self.runs.setdefault(metric, {}).setdefault(target, []).append(value)
+
+    def keep(self, scenario: str, target: str, rep: int, data: dict[str, Any]) -> None:
+        self.raw.setdefault(scenario, {}).setdefault(target, []).append({"rep": rep + 1, **data})
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def deploy(self, kind: str, folder: Path) -> tuple[Deployment, list[Target]]:
+        deployment, targets = start(kind, folder)
+        with self.lock:
+            self.live.append(deployment)
+        for key, value in deployment.info.items():  # OpenSSH's version and negotiated algorithms
+            self.env[key if key == "openssh_version" else f"ssh_{key}"] = value
+        return deployment, targets
+
+    def retire(self, deployment: Deployment) -> None:
+        with self.lock:
+            if deployment in self.live:
+                self.live.remove(deployment)
+        deployment.close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            live, self.live = list(self.live), []
+        for deployment in live:
+            try:
+                deployment.close()
+            except Exception as problem:  # noqa: BLE001
+                print(f"closing {deployment.kind}: {problem!r}", flush=True)
+
+    def kinds(self) -> list[str]:
+        return list(dict.fromkeys(TARGETS[name] for name in self.target_names))
+
+    def start_shared(self) -> None:
+        for kind in self.kinds():
+            self.say(f"starting {kind}")
+            self.shared[kind] = self.deploy(kind, self.work / kind)
+
+    def target(self, name: str) -> Target:
+        """The shared target ``name``, restarting its deployment first if a process of it died."""
+        kind = TARGETS[name]
+        deployment, targets = self.shared[kind]
+        if not deployment.alive():
+            dead = [process.name for process in deployment.topology.processes if not process.alive()]
+            self.say(f"{kind}: {', '.join(dead)} died; restarting it (logs in {deployment.topology.folder})")
+            self.retire(deployment)
+            self.shared[kind] = self.deploy(kind, self.work / f"{kind}-restart-{int(time.monotonic())}")
+            deployment, targets = self.shared[kind]
+        return next(target for target in targets if target.name == name)
+
+    def order(self, rep: int) -> list[str]:
+        names = self.target_names
+        shift = rep % len(names)
+        return names[shift:] + names[:shift]
+
+    # -- measuring -----------------------------------------------------------------------------
+
+    async def attempt(self, what: str, coroutine: Callable[[], Awaitable[dict[str, Any]]], timeout: float) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(coroutine(), timeout)
+        except asyncio.TimeoutError:
+            self.say(f"  {what}: no result within {timeout:.0f} s")
+            return {"error": f"timeout after {timeout:.0f} s"}
+        except Exception as problem:  # noqa: BLE001
+            self.say(f"  {what}: failed: {problem!r}")
+            return {"error": repr(problem)}
+
+    @staticmethod
+    def opener(target: Target) -> clients.Opener:
+        return clients.opener(target.client, target.url or target.port)
+
+    async def each(
+        self,
+        scenario: str,
+        reps: int,
+        run: Callable[[Target], Awaitable[dict[str, Any]]],
+        timeout: float,
+        metrics: dict[str, str],
+        show: Callable[[dict[str, Any]], str],
+    ) -> None:
+        for rep in range(reps):
+            for name in self.order(rep):
+                target = self.target(name)
+                data = await self.attempt(f"{scenario} {name}", lambda: run(target), timeout)
+                self.keep(scenario, name, rep, data)
+                for metric, field in metrics.items():
+                    self.record(metric, name, data.get(field) if "error" not in data else None)
+                if "error" not in data:
+                    self.say(f"{scenario} rep {rep + 1}/{reps} {LABELS[name]:<14} {show(data)}")
+                await asyncio.sleep(0.5)  # let the gateways settle between measurements
+
+    async def bulk(self) -> None:
+        s = self.settings
+        for direction, metric in (("up", "bulk_up"), ("down", "bulk_down")):
+            await self.each(
+                f"bulk_{direction}",
+                s.reps,
+                lambda target: clients.bulk(self.opener(target), direction, s.bulk_bytes),
+                s.bulk_timeout,
+                {metric: "mb_per_s"},
+                lambda data: f"{data['mb_per_s']:8.1f} MB/s ({data['bytes'] / MIB:.0f} MiB in {data['seconds']:.2f} s)",
+            )
+
+    async def latency(self) -> None:
+        s = self.settings
+        await self.each(
+            "latency",
+            s.reps,
+            lambda target: clients.latency(self.opener(target), s.latency_rate, s.latency_seconds, s.latency_warmup, s.latency_size),
+            s.latency_seconds + s.latency_warmup + 60,
+            {"latency_p50": "p50_ms", "latency_p99": "p99_ms", "latency_p999": "p999_ms"},
+            lambda d: f"p50 {d['p50_ms']:.3f} ms  p99 {d['p99_ms']:.3f} ms  p99.9 {d['p999_ms']:.3f} ms  ({d['samples']} samples, {d['achieved_rate']:.0f}/s)",
+        )
+
+    async def conn_rate(self) -> None:
+        s = self.settings
+        await self.each(
+            "conn_rate",
+            s.reps,
+            lambda target: clients.connection_rate(self.opener(target), s.conn_workers, s.conn_seconds, s.conn_size),
+            s.conn_seconds + 60,
+            {"conn_rate": "per_s"},
+            lambda d: f"{d['per_s']:8.1f} connections/s ({d['connections']} in {d['seconds']:.1f} s, {d['errors']} errors)",
+        )
+
+    async def streams(self) -> None:
+        s = self.settings
+        await self.each(
+            "streams",
+            s.reps,
+            lambda target: clients.streams(self.opener(target), s.streams, s.streams_bytes),
+            s.bulk_timeout,
+            {"streams": "mb_per_s"},
+            lambda d: f"{d['mb_per_s']:8.1f} MB/s aggregate ({d['streams']} streams, {d['bytes'] / MIB:.0f} MiB in {d['seconds']:.2f} s)",
+        )
+
+    # -- idle clients --------------------------------------------------------------------------
+
+    async def idle(self) -> None:
+        s = self.settings
+        for rep in range(s.idle_reps):
+            for name in self.order(rep):
+                data = await self.idle_once(name, rep)
+                self.keep("idle", name, rep, data)
+                failed = "error" in data
+                complete = not failed and data["established"] == data["clients"]
+                self.record("idle_established", name, None if failed else data["established"])
+                self.record("idle_establish", name, data["establish_s"] if complete else None)
+                self.idle_established.setdefault(name, []).append(data.get("established", 0))
+                for role in ("public", "inner"):
+                    gateway = data.get("gateways", {}).get(role)
+                    if gateway is None:
+                        continue
+                    # Per established client, even when some were refused (the table says how many).
+                    self.record(f"idle_rss_{role}", name, None if failed else gateway["rss_kib_per_client"])
+                    self.record(f"idle_fds_{role}", name, None if failed else gateway["fds_per_client"])
+                    if role == "public":
+                        self.record("idle_backplane_fds_public", name, None if failed else gateway["backplane_fds_per_client"])
+
+    async def idle_once(self, name: str, rep: int) -> dict[str, Any]:
+        s = self.settings
+        kind = TARGETS[name]
+        deployment, targets = self.deploy(kind, self.work / f"idle-{name}-{rep + 1}")
+        target = next(target for target in targets if target.name == name)
+        held = clients.IdleClients()
+        try:
+            open_conn = self.opener(target)
+            # Warm-up: the first clients load code and fill caches; they are not what is measured.
+            warm = clients.IdleClients()
+            await asyncio.wait_for(clients.open_idle(open_conn, 50, s.idle_concurrency, warm), 60)
+            warm.abort_all()
+            await asyncio.sleep(1.0)
+            gateways = {gateway.role: gateway for gateway in deployment.gateways}
+            before = {role: self.read(gateway) for role, gateway in gateways.items()}
+            self.say(f"idle rep {rep + 1}/{s.idle_reps} {LABELS[name]:<14} opening {s.idle_clients:,} clients")
+
+            def progress(count: int) -> None:
+                if count % max(1000, s.idle_clients // 5) == 0:
+                    self.say(f"  {count:,} established")
+
+            start = time.perf_counter()
+            try:
+                await asyncio.wait_for(clients.open_idle(open_conn, s.idle_clients, s.idle_concurrency, held, progress), s.idle_timeout)
+            except asyncio.TimeoutError:
+                held.errors.append(f"timeout after {s.idle_timeout:.0f} s")
+            establish = time.perf_counter() - start
+            await asyncio.sleep(s.idle_settle)
+            after = {role: self.read(gateway) for role, gateway in gateways.items()}
+            result: dict[str, Any] = {
+                "clients": s.idle_clients,
+                "established": held.established,
+                "errors": len(held.errors),
+                "first_errors": [error[:300] for error in held.errors[:5]],
+                "establish_s": establish,
+                "gateways": {},
+            }
+            count = max(held.established, 1)
+            for role, gateway in gateways.items():
+                then, now = before[role], after[role]
+                result["gateways"][role] = {
+                    "process": gateway.name,
+                    "before": then.to_json(),
+                    "after": now.to_json(),
+                    "rss_kib_per_client": (now.rss_kib - then.rss_kib) / count,
+                    "fds_per_client": (now.fds - then.fds) / count,
+                    "backplane_fds_per_client": (now.sides.get("backplane", 0) - then.sides.get("backplane", 0)) / count,
+                    "frontplane_fds_per_client": (now.sides.get("frontplane", 0) - then.sides.get("frontplane", 0)) / count,
+                }
+            if held.established == 0:
+                result["error"] = f"no client established; first errors: {held.errors[:3]}"
+            elif held.established < s.idle_clients:
+                result["incomplete"] = f"{held.established:,} of {s.idle_clients:,} established; first error: {held.errors[0][:300] if held.errors else '?'}"
+                self.say(f"  {result['incomplete']}")
+            line = f"idle rep {rep + 1}/{s.idle_reps} {LABELS[name]:<14} {held.established:,} in {establish:.2f} s"
+            for role, gateway in result["gateways"].items():
+                line += (
+                    f"; {gateway['process']}: {gateway['rss_kib_per_client']:.1f} KiB, {gateway['fds_per_client']:.2f} fds"
+                    f" ({gateway['backplane_fds_per_client']:.3f} backplane) per client"
+                )
+            self.say(line)
+            return result
+        except Exception as problem:  # noqa: BLE001
+            self.say(f"  idle {name}: failed: {problem!r}")
+            return {"error": repr(problem), "established": held.established}
+        finally:
+            held.abort_all()
+            self.retire(deployment)
+
+    @staticmethod
+    def read(gateway: Any) -> Snapshot:
+        pids = tree(gateway.pid) if gateway.tree else [gateway.pid]
+        return snapshot(pids, gateway.ports)
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def environment(self) -> dict[str, object]:
+        def version(module: str) -> str:
+            try:
+                from importlib.metadata import version as get
+
+                return get(module)
+            except Exception:  # noqa: BLE001
+                return "?"
+
+        cpu = "?"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "shield"], capture_output=True, text=True).stdout.strip()
+        return {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu,
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "twisted": version("twisted"),
+            "autobahn": version("autobahn"),
+            "websockets": version("websockets"),
+            "pyopenssl": version("pyopenssl"),
+            "shield_commit": commit + (" (shield/ modified)" if dirty else ""),
+            "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "loadavg_start": os.getloadavg(),
+        }
+
+    async def main(self) -> dict[str, object]:
+        self.env = self.environment()
+        started = datetime.now(timezone.utc)
+        shared = [scenario for scenario in self.scenarios if scenario != "idle"]
+        if shared:
+            self.start_shared()
+            for scenario in shared:
+                self.say(f"== {scenario}")
+                await getattr(self, scenario)()
+            for deployment, _ in self.shared.values():
+                self.retire(deployment)
+            self.shared.clear()
+        if "idle" in self.scenarios:
+            self.say(f"== idle ({self.settings.idle_clients:,} clients, fresh processes per repetition)")
+            await self.idle()
+        self.env["loadavg_end"] = os.getloadavg()
+        summ = report.summary(self.runs, self.target_names)
+        return {
+            "name": self.name,
+            "quick": self.quick,
+            "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+            "duration_s": time.monotonic() - self.started,
+            "environment": self.env,
+            "settings": {**self.settings.to_json(), "scenarios": self.scenarios},
+            "targets": self.target_names,
+            "summary": summ,
+            "goals": report.goals(summ, self.settings.idle_clients, self.idle_established),
+            "runs": self.runs,
+            "raw": self.raw,
+        }
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"), help="the reduced run (also QUICK=1 in the environment)")
+    parser.add_argument("--name", help="results/<name>.{json,md,png} (default: latest, or quick with --quick)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results go (default: benchmarks/results)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {','.join(SCENARIOS)}")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from {','.join(TARGETS)}")
+    parser.add_argument("--reps", type=int, help="repetitions (overrides the setting; idle keeps its own)")
+    parser.add_argument("--idle-reps", type=int, help="repetitions of the idle scenario (overrides the setting)")
+    parser.add_argument("--idle-clients", type=int, help="idle clients (overrides the setting)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (configs and logs of every process)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    settings = QUICK if args.quick else FULL
+    if args.reps:
+        settings = replace(settings, reps=args.reps)
+    if args.idle_reps:
+        settings = replace(settings, idle_reps=args.idle_reps)
+    if args.idle_clients:
+        settings = replace(settings, idle_clients=args.idle_clients)
+    scenarios = [name for name in args.scenarios.split(",") if name]
+    targets = [name for name in args.targets.split(",") if name]
+    for name in scenarios:
+        if name not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {name!r}; choose from {SCENARIOS}")
+    for name in targets:
+        if name not in TARGETS:
+            raise SystemExit(f"unknown target {name!r}; choose from {list(TARGETS)}")
+    name = args.name or ("quick" if args.quick else "latest")
+    raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="shield-bench-"))
+    bench = Bench(settings, args.quick, name, work, targets, scenarios)
+    print(f"shield benchmarks{' (QUICK)' if args.quick else ''}: {', '.join(scenarios)} against {', '.join(targets)}; work folder {work}", flush=True)
+
+    def watchdog() -> None:
+        print(f"WATCHDOG: the run exceeded {settings.watchdog:.0f} s; stopping every process it started", flush=True)
+        bench.close_all()
+        os._exit(3)
+
+    timer = threading.Timer(settings.watchdog, watchdog)
+    timer.daemon = True
+    timer.start()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        results = asyncio.run(bench.main())
+    finally:
+        timer.cancel()
+        bench.close_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    paths = report.write(results, args.out, name)
+    print()
+    print(paths["md"].read_text())
+    print(f"wrote {', '.join(str(path) for path in paths.values())} in {results['duration_s']:.0f} s", flush=True)
+    failed = sum(1 for per_target in bench.raw.values() for reps in per_target.values() for rep in reps if "error" in rep)
+    incomplete = sum(1 for per_target in bench.raw.values() for reps in per_target.values() for rep in reps if "incomplete" in rep)
+    if failed or incomplete:
+        print(f"{failed} measurements failed, {incomplete} incomplete: see 'error' and 'incomplete' in {paths['json']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

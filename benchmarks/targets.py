@@ -1,0 +1,285 @@
+"""What the clients connect to: shield (ws:// and tcp://), OpenSSH ``ssh -R``, and the backend directly.
+
+A *deployment* is a set of running processes in front of one backend: a shield DMZ and connector
+started through the end-to-end harness (tests/e2e/harness.py), an ``sshd`` and an ``ssh -N -R``,
+or nothing at all (direct). A *target* is one way in: a deployment plus an address and the kind of
+client it takes (``ws`` or ``tcp``). One shield deployment gives two targets.
+
+Each deployment also names its *gateways*: the processes whose memory and descriptors the idle
+scenario reads, each with the map from port to side used to classify its sockets.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+from harness import Process, Topology, reserve_ports  # noqa: E402
+
+from benchmarks.procstats import tree  # noqa: E402
+
+SSHD = "/usr/sbin/sshd"
+SERVICE = "bench"
+START_TIMEOUT = 60.0
+
+
+def wait_port(port: int, timeout: float = START_TIMEOUT, process: Process | None = None) -> None:
+    """Until 127.0.0.1:``port`` accepts a connection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            if process is not None and not process.alive():
+                break
+            time.sleep(0.05)
+    log = process.log()[-3000:] if process is not None else ""
+    raise RuntimeError(f"127.0.0.1:{port} did not accept connections within {timeout} s\n{log}")
+
+
+def start_backend(topology: Topology, name: str = "backend") -> tuple[Process, int]:
+    """The benchmark backend (benchmarks/backend.py) on a port of its own."""
+    port = topology.port(name)
+    process = Process(name, [sys.executable, str(HERE / "backend.py"), str(port)], topology.folder / f"{name}.log", topology.folder)
+    process.start()
+    topology.processes.append(process)
+    process.wait_for_log("listening", timeout=START_TIMEOUT)
+    return process, port
+
+
+@dataclass
+class Gateway:
+    """A process (or a process tree) whose memory and descriptors are read; ``ports`` name sides."""
+
+    name: str
+    pid: int
+    ports: dict[int, str]
+    role: str  # "public" (the DMZ, sshd: where clients connect) or "inner" (the connector, ssh)
+    tree: bool = False  # sum over the process and all its descendants (sshd forks per connection)
+
+
+@dataclass
+class Deployment:
+    kind: str
+    topology: Topology
+    backend_port: int
+    gateways: list[Gateway] = field(default_factory=list)
+    info: dict[str, object] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return all(process.alive() for process in self.topology.processes)
+
+    def close(self) -> None:
+        # sshd's per-connection children live in sessions of their own: end them by pid first.
+        for gateway in self.gateways:
+            if gateway.tree and gateway.pid:
+                for pid in tree(gateway.pid)[1:]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+        self.topology.close()
+
+
+@dataclass
+class Target:
+    """One way in: ``client`` is ``ws`` (``url``) or ``tcp`` (``port``)."""
+
+    name: str
+    label: str
+    client: str
+    deployment: Deployment
+    url: str = ""
+    port: int = 0
+
+
+# -- shield ---------------------------------------------------------------------------------------
+
+
+def _without_harness_tuning(path: Path) -> None:
+    """The harness pings links every second for its failover tests; benchmarks use the defaults."""
+    text = path.read_text()
+    text = text.replace("keepalive-interval = 1\n", "").replace("grace-period = 5\n", "")
+    path.write_text(text)
+
+
+def start_shield(folder: Path) -> Deployment:
+    """A DMZ with one service reachable at ws://.../bench and tcp://..., one connector, defaults."""
+    topology = Topology(folder)
+    reserve_ports(topology, ["backend", "backplane", "dmz-admin", f"ws-{SERVICE}", f"tcp-{SERVICE}", "admin-internal1"])
+    try:
+        topology.certs(["internal1"])
+        _, backend_port = start_backend(topology)
+        _without_harness_tuning(topology.dmz_config({SERVICE: {}}, {"internal1": [SERVICE]}))
+        _without_harness_tuning(topology.internal_config("internal1", {SERVICE: f"tcp://127.0.0.1:{backend_port}"}))
+        dmz = topology.start_dmz()
+        connector = topology.start_connector("internal1")
+        topology.dmz_ready()
+    except BaseException:
+        topology.close()
+        raise
+    backplane = topology.port("backplane")
+    frontplane = {topology.port(f"ws-{SERVICE}"): "frontplane", topology.port(f"tcp-{SERVICE}"): "frontplane"}
+    gateways = [
+        Gateway("dmz", dmz.pid, {backplane: "backplane", **frontplane}, "public"),
+        Gateway("connector", connector.pid, {backplane: "backplane", backend_port: "backend"}, "inner"),
+    ]
+    return Deployment("shield", topology, backend_port, gateways)
+
+
+def shield_targets(deployment: Deployment) -> list[Target]:
+    topology = deployment.topology
+    return [
+        Target("shield-ws", "shield ws://", "ws", deployment, url=topology.url(f"ws-{SERVICE}", "ws", f"/{SERVICE}")),
+        Target("shield-tcp", "shield tcp://", "tcp", deployment, port=topology.port(f"tcp-{SERVICE}")),
+    ]
+
+
+# -- OpenSSH --------------------------------------------------------------------------------------
+
+
+def _ssh_base(key: Path, port: int) -> list[str]:
+    return [
+        "ssh", "-F", "/dev/null",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        "-i", str(key), "-p", str(port),
+    ]
+
+
+def _keygen(path: Path, comment: str) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+
+
+def start_ssh(folder: Path) -> Deployment:
+    """``sshd`` on 127.0.0.1 with generated keys, and ``ssh -N -R`` forwarding a port to the backend."""
+    if not os.path.exists(SSHD):
+        raise RuntimeError(f"{SSHD} is missing: install Debian's openssh-server (make bench does)")
+    topology = Topology(folder)
+    reserve_ports(topology, ["backend", "sshd", "tunnel"])
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+        _, backend_port = start_backend(topology)
+        host_key, user_key = folder / "ssh_host_ed25519_key", folder / "id_ed25519"
+        _keygen(host_key, "shield-bench-host")
+        _keygen(user_key, "shield-bench-user")
+        authorized = folder / "authorized_keys"
+        shutil.copy(f"{user_key}.pub", authorized)
+        user = getpass.getuser()
+        sshd_port, tunnel_port = topology.port("sshd"), topology.port("tunnel")
+        config = topology.write(
+            "sshd_config",
+            "\n".join(
+                [
+                    "ListenAddress 127.0.0.1",
+                    f"Port {sshd_port}",
+                    f"HostKey {host_key}",
+                    f"AuthorizedKeysFile {authorized}",
+                    f"PidFile {folder / 'sshd.pid'}",
+                    "PermitRootLogin prohibit-password",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "GatewayPorts no",
+                    "AllowTcpForwarding yes",
+                    f"AllowUsers {user}",
+                    "LogLevel ERROR",
+                ]
+            )
+            + "\n",
+        )
+        sshd = Process("sshd", [SSHD, "-D", "-e", "-f", str(config)], folder / "sshd.log", folder).start()
+        topology.processes.append(sshd)
+        wait_port(sshd_port, process=sshd)
+        base = _ssh_base(user_key, sshd_port)
+        info = _ssh_info(base, user)
+        forward = f"127.0.0.1:{tunnel_port}:127.0.0.1:{backend_port}"
+        argv = base + ["-N", "-o", "ExitOnForwardFailure=yes", "-R", forward, f"{user}@127.0.0.1"]
+        ssh = Process("ssh", argv, folder / "ssh.log", folder).start()
+        topology.processes.append(ssh)
+        wait_port(tunnel_port, process=ssh)
+    except BaseException:
+        topology.close()
+        raise
+    gateways = [
+        Gateway("sshd", sshd.pid, {sshd_port: "backplane", tunnel_port: "frontplane"}, "public", tree=True),
+        Gateway("ssh", ssh.pid, {sshd_port: "backplane", backend_port: "backend"}, "inner"),
+    ]
+    return Deployment("ssh", topology, backend_port, gateways, info)
+
+
+def _ssh_info(base: list[str], user: str) -> dict[str, object]:
+    """The OpenSSH version and the cipher, MAC and key exchange it really negotiates by default."""
+    version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    probe = subprocess.run(
+        [part if part != "LogLevel=ERROR" else "LogLevel=DEBUG1" for part in base] + [f"{user}@127.0.0.1", "true"],
+        capture_output=True, text=True, timeout=60,
+    )
+    if probe.returncode != 0:
+        raise RuntimeError(f"ssh to the benchmark sshd failed ({probe.returncode}):\n{probe.stderr[-3000:]}")
+    match = re.search(r"kex: server->client cipher: (\S+) MAC: (\S+) compression: (\S+)", probe.stderr)
+    kex = re.search(r"kex: algorithm: (\S+)", probe.stderr)
+    configured = subprocess.run(base + ["-G", f"{user}@127.0.0.1"], capture_output=True, text=True).stdout
+    ciphers = next((line.split()[1] for line in configured.splitlines() if line.startswith("ciphers ")), "?")
+    return {
+        "openssh_version": version,
+        "cipher": match.group(1) if match else "?",
+        "mac": match.group(2) if match else "?",
+        "compression": match.group(3) if match else "?",
+        "kex": kex.group(1) if kex else "?",
+        "ciphers_offered": ciphers,
+    }
+
+
+def ssh_targets(deployment: Deployment) -> list[Target]:
+    return [Target("ssh", "ssh -R", "tcp", deployment, port=deployment.topology.port("tunnel"))]
+
+
+# -- direct ---------------------------------------------------------------------------------------
+
+
+def start_direct(folder: Path) -> Deployment:
+    topology = Topology(folder)
+    reserve_ports(topology, ["backend"])
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _, backend_port = start_backend(topology)
+    except BaseException:
+        topology.close()
+        raise
+    return Deployment("direct", topology, backend_port)
+
+
+def direct_targets(deployment: Deployment) -> list[Target]:
+    return [Target("direct", "direct", "tcp", deployment, port=deployment.backend_port)]
+
+
+STARTERS = {"shield": (start_shield, shield_targets), "ssh": (start_ssh, ssh_targets), "direct": (start_direct, direct_targets)}
+
+#: Target name -> the deployment kind that serves it, in the order tables list them.
+TARGETS = {"shield-ws": "shield", "shield-tcp": "shield", "ssh": "ssh", "direct": "direct"}
+LABELS = {"shield-ws": "shield ws://", "shield-tcp": "shield tcp://", "ssh": "ssh -R", "direct": "direct"}
+
+
+def start(kind: str, folder: Path) -> tuple[Deployment, list[Target]]:
+    starter, targets = STARTERS[kind]
+    deployment = starter(folder)
+    return deployment, targets(deployment)
+
