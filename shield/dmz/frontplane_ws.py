@@ -39,6 +39,9 @@ _PHRASES = {
     504: "Gateway Timeout",
 }
 
+#: Close codes that need no log line: normal, going away, or none sent by this side.
+_ORDINARY_CLOSES = (None, 1000, 1001)
+
 #: WebSocket close codes for a tunnel that ended abnormally.
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
@@ -97,6 +100,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         self._side: WebSocketSide | None = None
         self._gone = False
         self._refusal_logged = False
+        self._close_logged = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -149,6 +153,17 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._gone = True
+        local_code = getattr(self, "localCloseCode", None)
+        if local_code not in _ORDINARY_CLOSES and not self._close_logged:
+            # This side closed for cause (message too big, protocol violation, ping timeout).
+            self._close_logged = True
+            why = getattr(self, "localCloseReason", None) or self.wasNotCleanReason or reason
+            if isinstance(why, bytes):
+                why = why.decode("utf-8", errors="replace")
+            log.info(
+                "ws client {client} -> {service}: closed with {code}: {why}",
+                client=self.client, service=self.front.name, code=local_code, why=why,
+            )
         if self._relay is not None:
             self._relay.lost(self._side, bool(wasClean), reason or f"client closed ({code})")  # type: ignore[arg-type]
         elif self._tunnel is not None:
