@@ -23,6 +23,7 @@ from shield.ops.admin import admin_site
 from shield.ops.drain import raise_file_limit, drain_links, exit_cleanly_after_drain, fatal
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
+from shield.tls.transport import LinkTLSFactory
 from shield.tls.contexts import backplane_server_context, public_server_context
 
 log = Logger(namespace="shield.dmz")
@@ -70,7 +71,7 @@ class DmzGateway(Service):
     def _listen_all(self):  # type: ignore[no-untyped-def]
         config = self.config
         listeners: list[tuple[Uri, Factory, str]] = [
-            (config.backplane.accept, TLSMemoryBIOFactory(self.backplane_tls, False, self.backplane), "backplane")
+            (config.backplane.accept, LinkTLSFactory(self.backplane_tls, False, self.backplane), "backplane")
         ]
         listeners += self._frontplane_listeners()
         for uri, factory, what in listeners:

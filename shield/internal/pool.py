@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IReactorCore, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThread
@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from shield.config.model import Uri
 from shield.net import is_ipv4, is_ipv6
+from shield.tls.transport import LinkTLSEndpoint
 
 if TYPE_CHECKING:
     from shield.internal.gateway import InternalGateway
@@ -169,7 +170,7 @@ def resolve(uri: Uri) -> Deferred[list[str]]:
 def endpoint_for(reactor: IReactorCore, address: str, port: int, tls_options: object) -> IStreamClientEndpoint:
     plain_class = TCP6ClientEndpoint if is_ipv6(address) else TCP4ClientEndpoint
     plain = plain_class(reactor, address, port, timeout=CONNECT_TIMEOUT)
-    return wrapClientTLS(tls_options, plain)
+    return LinkTLSEndpoint(tls_options, plain)  # type: ignore[arg-type]
 
 
 def endpoint_label(address: str, port: int) -> str:
