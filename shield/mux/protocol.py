@@ -90,6 +90,7 @@ class MuxProtocol(Protocol):
         self._connected = False
         self._close_reason: str | None = None
         self._peer_away_code: int | None = None
+        self._batch: list[bytes] | None = None
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -175,7 +176,25 @@ class MuxProtocol(Protocol):
             self._keepalive.clock = self._clock
             self._keepalive.start(interval, now=False)
 
+    def begin_batch(self) -> None:
+        """The transport is about to deliver several pieces of one read (TLS records)."""
+        self._batch = []
+
+    def end_batch(self) -> None:
+        """Parse the whole read at once: fewer, larger events for the streams."""
+        batch, self._batch = self._batch, None
+        if batch:
+            self._process(batch[0] if len(batch) == 1 else b"".join(batch))
+
     def dataReceived(self, data: bytes) -> None:
+        if self._batch is not None:
+            self._batch.append(data)
+        else:
+            self._process(data)
+
+    def _process(self, data: bytes) -> None:
+        if not self._connected:
+            return
         events = self.session.receive_data(data, self._clock.seconds())
         self._dispatching = True
         try:
@@ -186,6 +205,9 @@ class MuxProtocol(Protocol):
         self._flush()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._batch:  # data that arrived in the same read as the close comes first
+            self.end_batch()
+        self._batch = None
         self._connected = False
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()

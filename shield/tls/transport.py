@@ -4,6 +4,11 @@ Twisted's default TLS transport collects small writes and flushes them one react
 copying every byte twice on the way. A mux link already writes once per reactor turn, so for
 links that aggregation only added two copies of all traffic and a turn of latency per hop.
 Public listeners keep Twisted's default: their writers are not coalesced.
+
+On the way in, OpenSSL hands over one TLS record (at most 16 KiB) at a time. A link's TLS
+protocol tells the protocol above when a socket read begins and ends (``begin_batch`` /
+``end_batch``, when it has them), so the mux parses everything one read decrypted at once instead
+of sending every 16 KiB through parser, relay and socket separately.
 """
 
 from __future__ import annotations
@@ -14,10 +19,25 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 
-class LinkTLSFactory(TLSMemoryBIOFactory):
-    """``TLSMemoryBIOFactory`` whose connections write straight through."""
+class LinkTLSProtocol(TLSMemoryBIOProtocol):
+    """Writes straight through; brackets each socket read for a protocol that batches."""
 
-    protocol = TLSMemoryBIOProtocol
+    def dataReceived(self, data: bytes) -> None:
+        batching = getattr(self.wrappedProtocol, "begin_batch", None)
+        if batching is None:
+            super().dataReceived(data)
+            return
+        batching()
+        try:
+            super().dataReceived(data)
+        finally:
+            self.wrappedProtocol.end_batch()
+
+
+class LinkTLSFactory(TLSMemoryBIOFactory):
+    """``TLSMemoryBIOFactory`` for backplane links."""
+
+    protocol = LinkTLSProtocol
     noisy = False
 
 

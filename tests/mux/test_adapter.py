@@ -393,3 +393,28 @@ def test_window_larger_than_default_lets_one_stream_send_more_per_round_trip() -
     link.server_io.bufferReceived(wire)
     link.run()
     assert len(accepted[0].received) == 4 * MiB
+
+
+def test_batched_reads_are_parsed_once_and_survive_a_close_in_the_same_read() -> None:
+    factory, accepted = collecting_factory()
+    link = Link(server_factory=factory)
+    stream = link.client.open_stream(Recorder())
+    link.run()
+    for i in range(16):  # one window, written in one turn: four 64 KiB frames
+        stream.write(b"%04d" % i * 4096)
+    link.clock.advance(0)
+    wire = link.client_io.getOutBuffer()
+    pieces = [wire[i : i + 16384] for i in range(0, len(wire), 16384)]  # like TLS records
+    server = link.server
+    delivered: list[int] = []
+    receiver = accepted[0]
+    original = receiver.dataReceived
+    receiver.dataReceived = lambda data: (delivered.append(len(data)), original(data))  # type: ignore[method-assign]
+    server.begin_batch()
+    for piece in pieces:
+        server.dataReceived(piece)
+    assert delivered == []  # nothing parsed until the read is over
+    server.connectionLost(Failure(error.ConnectionDone()))  # the close came in the same read
+    assert sum(delivered) == 16 * 16384
+    assert len(delivered) == 4  # one per frame, not one per record
+    assert bytes(receiver.received) == b"".join(b"%04d" % i * 4096 for i in range(16))
