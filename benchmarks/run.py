@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from benchmarks import clients, report
-from benchmarks.procstats import Snapshot, snapshot, tree
+from benchmarks.procstats import Snapshot, cpu_seconds, snapshot, tree
 from benchmarks.settings import FULL, QUICK, MIB, Settings
 from benchmarks.targets import LABELS, REPO, TARGETS, Deployment, Target, start
 
@@ -154,7 +154,10 @@ class Bench:
         for rep in range(reps):
             for name in self.order(rep):
                 target = self.target(name)
+                before = self.cpu(target.deployment)
                 data = await self.attempt(f"{scenario} {name}", lambda: run(target), timeout)
+                after = self.cpu(target.deployment)
+                data["cpu_s"] = {process: round(after[process] - before[process], 3) for process in after}
                 self.keep(scenario, name, rep, data)
                 for metric, field in metrics.items():
                     self.record(metric, name, data.get(field) if "error" not in data else None)
@@ -298,6 +301,18 @@ class Bench:
         finally:
             held.abort_all()
             self.retire(deployment)
+
+    @staticmethod
+    def cpu(deployment: Deployment) -> dict[str, float]:
+        """CPU seconds so far of this client process, each gateway and the backend."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result = {"client": usage.ru_utime + usage.ru_stime}
+        for gateway in deployment.gateways:
+            result[gateway.name] = cpu_seconds(tree(gateway.pid) if gateway.tree else [gateway.pid])
+        for process in deployment.topology.processes:
+            if process.name == "backend" and process.popen is not None:
+                result["backend"] = cpu_seconds([process.pid])
+        return result
 
     @staticmethod
     def read(gateway: Any) -> Snapshot:
