@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable
 from benchmarks import clients, report
 from benchmarks.procstats import Snapshot, cpu_seconds, snapshot, tree
 from benchmarks.settings import FULL, QUICK, MIB, Settings
-from benchmarks.targets import LABELS, REPO, TARGETS, Deployment, Target, start
+from benchmarks.targets import LABELS, REPO, TARGETS, Deployment, Process, Target, Topology, start, start_backend
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ["bulk", "latency", "conn_rate", "streams", "idle"]
@@ -63,6 +63,9 @@ class Bench:
         self.idle_established: dict[str, list[int]] = {}
         self.env: dict[str, object] = {}
         self.lock = threading.Lock()
+        self.backend: Process | None = None
+        self.backend_port = 0
+        self.backend_topology: Topology | None = None
 
     # -- output --------------------------------------------------------------------------------
 
@@ -78,8 +81,22 @@ class Bench:
 
     # -- processes -----------------------------------------------------------------------------
 
+    def start_backend(self) -> None:
+        """The one backend every target leads to (restarted on the same port if it dies)."""
+        if self.backend is None:
+            self.backend_topology = Topology(self.work / "backend")
+            self.backend_topology.folder.mkdir(parents=True, exist_ok=True)
+        else:
+            self.backend.kill()
+            self.backend_topology.processes.remove(self.backend)
+        self.backend, self.backend_port = start_backend(self.backend_topology)
+
     def deploy(self, kind: str, folder: Path) -> tuple[Deployment, list[Target]]:
-        deployment, targets = start(kind, folder)
+        if self.backend is None or not self.backend.alive():
+            if self.backend is not None:
+                self.say(f"the backend died; restarting it (log in {self.backend.log_path})")
+            self.start_backend()
+        deployment, targets = start(kind, folder, self.backend_port)
         with self.lock:
             self.live.append(deployment)
         for key, value in deployment.info.items():  # OpenSSH's version and negotiated algorithms
@@ -100,6 +117,8 @@ class Bench:
                 deployment.close()
             except Exception as problem:  # noqa: BLE001
                 print(f"closing {deployment.kind}: {problem!r}", flush=True)
+        if self.backend_topology is not None:
+            self.backend_topology.close()
 
     def kinds(self) -> list[str]:
         return list(dict.fromkeys(TARGETS[name] for name in self.target_names))
@@ -113,6 +132,9 @@ class Bench:
         """The shared target ``name``, restarting its deployment first if a process of it died."""
         kind = TARGETS[name]
         deployment, targets = self.shared[kind]
+        if self.backend is not None and not self.backend.alive():
+            self.say(f"the backend died; restarting it on the same port (log in {self.backend.log_path})")
+            self.start_backend()
         if not deployment.alive():
             dead = [process.name for process in deployment.topology.processes if not process.alive()]
             self.say(f"{kind}: {', '.join(dead)} died; restarting it (logs in {deployment.topology.folder})")
@@ -302,16 +324,14 @@ class Bench:
             held.abort_all()
             self.retire(deployment)
 
-    @staticmethod
-    def cpu(deployment: Deployment) -> dict[str, float]:
+    def cpu(self, deployment: Deployment) -> dict[str, float]:
         """CPU seconds so far of this client process, each gateway and the backend."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
         result = {"client": usage.ru_utime + usage.ru_stime}
         for gateway in deployment.gateways:
             result[gateway.name] = cpu_seconds(tree(gateway.pid) if gateway.tree else [gateway.pid])
-        for process in deployment.topology.processes:
-            if process.name == "backend" and process.popen is not None:
-                result["backend"] = cpu_seconds([process.pid])
+        if self.backend is not None:
+            result["backend"] = cpu_seconds([self.backend.pid])
         return result
 
     @staticmethod

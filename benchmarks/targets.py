@@ -1,8 +1,8 @@
 """What the clients connect to: shield (ws:// and tcp://), OpenSSH ``ssh -R``, and the backend directly.
 
-A *deployment* is a set of running processes in front of one backend: a shield DMZ and connector
+A *deployment* is a set of running processes in front of the backend: a shield DMZ and connector
 started through the end-to-end harness (tests/e2e/harness.py), an ``sshd`` and an ``ssh -N -R``,
-or nothing at all (direct). A *target* is one way in: a deployment plus an address and the kind of
+or nothing at all (direct). All deployments of a run lead to the same backend process. A *target* is one way in: a deployment plus an address and the kind of
 client it takes (``ws`` or ``tcp``). One shield deployment gives two targets.
 
 Each deployment also names its *gateways*: the processes whose memory and descriptors the idle
@@ -52,7 +52,7 @@ def wait_port(port: int, timeout: float = START_TIMEOUT, process: Process | None
 
 
 def start_backend(topology: Topology, name: str = "backend") -> tuple[Process, int]:
-    """The benchmark backend (benchmarks/backend.py) on a port of its own."""
+    """The benchmark backend (benchmarks/backend.py) on a port of its own (kept on a restart)."""
     port = topology.port(name)
     process = Process(name, [sys.executable, str(HERE / "backend.py"), str(port)], topology.folder / f"{name}.log", topology.folder)
     process.start()
@@ -117,13 +117,19 @@ def _without_harness_tuning(path: Path) -> None:
     path.write_text(text)
 
 
-def start_shield(folder: Path) -> Deployment:
-    """A DMZ with one service reachable at ws://.../bench and tcp://..., one connector, defaults."""
+def _topology(folder: Path, backend_port: int, names: list[str]) -> Topology:
+    folder.mkdir(parents=True, exist_ok=True)
     topology = Topology(folder)
-    reserve_ports(topology, ["backend", "backplane", "dmz-admin", f"ws-{SERVICE}", f"tcp-{SERVICE}", "admin-internal1"])
+    topology.ports["backend"] = backend_port  # not handed out again
+    reserve_ports(topology, names)
+    return topology
+
+
+def start_shield(folder: Path, backend_port: int) -> Deployment:
+    """A DMZ with one service reachable at ws://.../bench and tcp://..., one connector, defaults."""
+    topology = _topology(folder, backend_port, ["backplane", "dmz-admin", f"ws-{SERVICE}", f"tcp-{SERVICE}", "admin-internal1"])
     try:
         topology.certs(["internal1"])
-        _, backend_port = start_backend(topology)
         _without_harness_tuning(topology.dmz_config({SERVICE: {}}, {"internal1": [SERVICE]}))
         _without_harness_tuning(topology.internal_config("internal1", {SERVICE: f"tcp://127.0.0.1:{backend_port}"}))
         dmz = topology.start_dmz()
@@ -165,16 +171,13 @@ def _keygen(path: Path, comment: str) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
 
 
-def start_ssh(folder: Path) -> Deployment:
+def start_ssh(folder: Path, backend_port: int) -> Deployment:
     """``sshd`` on 127.0.0.1 with generated keys, and ``ssh -N -R`` forwarding a port to the backend."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"{SSHD} is missing: install Debian's openssh-server (make bench does)")
-    topology = Topology(folder)
-    reserve_ports(topology, ["backend", "sshd", "tunnel"])
-    folder.mkdir(parents=True, exist_ok=True)
+    topology = _topology(folder, backend_port, ["sshd", "tunnel"])
     try:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-        _, backend_port = start_backend(topology)
         host_key, user_key = folder / "ssh_host_ed25519_key", folder / "id_ed25519"
         _keygen(host_key, "shield-bench-host")
         _keygen(user_key, "shield-bench-user")
@@ -255,16 +258,9 @@ def ssh_targets(deployment: Deployment) -> list[Target]:
 # -- direct ---------------------------------------------------------------------------------------
 
 
-def start_direct(folder: Path) -> Deployment:
-    topology = Topology(folder)
-    reserve_ports(topology, ["backend"])
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        _, backend_port = start_backend(topology)
-    except BaseException:
-        topology.close()
-        raise
-    return Deployment("direct", topology, backend_port)
+def start_direct(folder: Path, backend_port: int) -> Deployment:
+    """Nothing to start: the client connects to the backend."""
+    return Deployment("direct", _topology(folder, backend_port, []), backend_port)
 
 
 def direct_targets(deployment: Deployment) -> list[Target]:
@@ -278,8 +274,8 @@ TARGETS = {"shield-ws": "shield", "shield-tcp": "shield", "ssh": "ssh", "direct"
 LABELS = {"shield-ws": "shield ws://", "shield-tcp": "shield tcp://", "ssh": "ssh -R", "direct": "direct"}
 
 
-def start(kind: str, folder: Path) -> tuple[Deployment, list[Target]]:
+def start(kind: str, folder: Path, backend_port: int) -> tuple[Deployment, list[Target]]:
     starter, targets = STARTERS[kind]
-    deployment = starter(folder)
+    deployment = starter(folder, backend_port)
     return deployment, targets(deployment)
 
