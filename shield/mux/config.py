@@ -22,7 +22,7 @@ class MuxConfig:
     stream_window: int = INITIAL_WINDOW
     max_stream_window: int | None = None
     window_growth_interval: float = 0.05
-    max_streams: int = 4096
+    max_streams: int = 16384
     max_frame_length: int | None = None
     send_frame_size: int = 64 * 1024
     keepalive_interval: float = 5.0
