@@ -450,13 +450,17 @@ def main(argv: list[str] | None = None) -> int:
     timer.daemon = True
     timer.start()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    clean = False
     try:
         results = asyncio.run(bench.main())
+        clean = not any("error" in rep for per_target in bench.raw.values() for reps in per_target.values() for rep in reps)
     finally:
         timer.cancel()
         bench.close_all()
-        if not args.keep:
+        if clean and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept the work folder (configurations and logs of every process): {work}", flush=True)
     paths = report.write(results, args.out, name)
     print()
     print(paths["md"].read_text())
