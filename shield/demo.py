@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.web.client import Agent, readBody
@@ -74,7 +75,7 @@ class Child(protocol.ProcessProtocol):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.ended = reactor_deferred()
+        self.ended: Deferred[None] = Deferred()
 
     def outReceived(self, data: bytes) -> None:
         for line in data.decode(errors="replace").splitlines():
@@ -84,12 +85,6 @@ class Child(protocol.ProcessProtocol):
 
     def processEnded(self, reason: object) -> None:
         self.ended.callback(None)
-
-
-def reactor_deferred():  # type: ignore[no-untyped-def]
-    from twisted.internet.defer import Deferred
-
-    return Deferred()
 
 
 def _busy_ports() -> list[str]:

@@ -156,26 +156,40 @@ class Relay:
 
 @implementer(IHalfCloseableProtocol)
 class RelayedProtocol(protocol.Protocol):
-    """A socket's protocol that hands everything to its relay once it has one.
+    """A protocol whose bytes go to a relay once it has joined one.
 
-    Before ``join`` it receives nothing (its transport is paused or not yet read).
+    Bytes and EOF that arrive before ``join`` (a backend's greeting, payload that followed a
+    header in the same chunk) are held and passed on first, in order.
     """
 
     relay: Relay | None = None
     side: TransportSide | None = None
+    _held: list[bytes] | None = None
+    _held_eof = False
 
     def join(self, relay_factory: Callable[[TransportSide], Relay]) -> Relay:
         self.side = TransportSide(self.transport)
-        self.relay = relay_factory(self.side)
-        return self.relay
+        relay = self.relay = relay_factory(self.side)
+        held, self._held = self._held or [], None
+        for chunk in held:
+            relay.received(self.side, chunk)
+        if self._held_eof:
+            relay.eof(self.side)
+        return relay
 
     def dataReceived(self, data: bytes) -> None:
         if self.relay is not None:
             self.relay.received(self.side, data)  # type: ignore[arg-type]
+        elif self._held is None:
+            self._held = [data]
+        else:
+            self._held.append(data)
 
     def readConnectionLost(self) -> None:
         if self.relay is not None:
             self.relay.eof(self.side)  # type: ignore[arg-type]
+        else:
+            self._held_eof = True
 
     def writeConnectionLost(self) -> None:
         pass

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
 from shield.mux.errors import MuxError
-from shield.relay import Relay, Side, TransportSide
+from shield.relay import Relay, RelayedProtocol, Side
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,7 @@ class _Retry(Exception):
     """The link refused the stream before answering (it is going away): try another link."""
 
 
-@implementer(IHalfCloseableProtocol)
-class TunnelStream(Protocol):
+class TunnelStream(RelayedProtocol):
     """The DMZ's end of one tunnel stream: OPEN, wait for OPEN_REPLY, then relay."""
 
     def __init__(self, request: OpenRequest, link: ConnectorLink, timeout: float, clock: IReactorTime) -> None:
@@ -59,10 +58,6 @@ class TunnelStream(Protocol):
         self._clock = clock
         self._timer: IDelayedCall | None = None
         self._reader = MessageReader((OpenReply,))
-        self._held: list[bytes] = []
-        self._held_eof = False
-        self._relay: Relay | None = None
-        self.side: Side | None = None
 
     # -- before the answer ---------------------------------------------------------------------
 
@@ -94,11 +89,8 @@ class TunnelStream(Protocol):
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._relay is not None:
-            self._relay.received(self.side, data)  # type: ignore[arg-type]
-            return
-        if self.answered.called:
-            self._held.append(data)
+        if self.relay is not None or self.answered.called:
+            super().dataReceived(data)
             return
         try:
             reply, rest = self._reader.feed(data)
@@ -110,7 +102,7 @@ class TunnelStream(Protocol):
             return
         assert isinstance(reply, OpenReply)
         if rest:
-            self._held.append(rest)
+            super().dataReceived(rest)
         if reply.status == OpenStatus.OK:
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
@@ -126,37 +118,27 @@ class TunnelStream(Protocol):
 
     def start_relay(self, public: Side, to_backend, to_client, on_finished) -> Relay:  # type: ignore[no-untyped-def]
         """Join this stream to the public client's side; bytes held so far go out first."""
-        self.side = TransportSide(self.transport)
-        self._relay = Relay(public, self.side, to_backend, to_client, on_finished)
-        held, self._held = self._held, []
-        for chunk in held:
-            self._relay.received(self.side, chunk)
-        if self._held_eof:
-            self._relay.eof(self.side)
-        return self._relay
+        return self.join(lambda side: Relay(public, side, to_backend, to_client, on_finished))
 
     def readConnectionLost(self) -> None:
-        if self._relay is not None:
-            self._relay.eof(self.side)  # type: ignore[arg-type]
-        elif self.answered.called:
-            self._held_eof = True
+        if self.relay is not None or self.answered.called:
+            super().readConnectionLost()
         else:
             self._fail(
                 OpenFailed(502, "closed", f"connector {self.link.connector!r} closed the stream without answering")
             )
             self.transport.loseConnection()
 
-    def writeConnectionLost(self) -> None:
-        pass
+    def describe_loss(self, reason: Failure) -> str:
+        return _link_reason(reason)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.link.tunnels -= 1
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._relay is not None:
-            clean = reason.check(error.ConnectionDone) is not None
-            self._relay.lost(self.side, clean, _link_reason(reason))  # type: ignore[arg-type]
+        if self.relay is not None:
+            super().connectionLost(reason)
         elif not self.answered.called:
             message = reason.getErrorMessage()
             if "reset" in message and "session" not in message:

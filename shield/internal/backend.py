@@ -22,7 +22,7 @@ from shield.config.model import InternalService
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
 from shield.net import set_no_delay, stream_client_endpoint
 from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
-from shield.relay import Relay, RelayedProtocol, TransportSide
+from shield.relay import Relay, RelayedProtocol
 from shield.tls.contexts import backend_client_options
 
 log = Logger(namespace="shield.internal.backend")
@@ -53,8 +53,7 @@ def _classify(failure: Failure) -> OpenStatus:
     return OpenStatus.BACKEND_UNREACHABLE
 
 
-@implementer(IHalfCloseableProtocol)
-class BackendStream(Protocol):
+class BackendStream(RelayedProtocol):
     """One stream the DMZ opened."""
 
     def __init__(self, gateway: "BackendDialer", link_peer: str) -> None:
@@ -62,20 +61,13 @@ class BackendStream(Protocol):
         self.link_peer = link_peer
         self._reader = MessageReader((OpenRequest,))
         self._request: OpenRequest | None = None
-        self._held: list[bytes] = []
-        self._held_eof = False
         self._dialing: Deferred[BackendConnection] | None = None
-        self._relay: Relay | None = None
-        self._side: TransportSide | None = None
         self._service: InternalService | None = None
         self._gone = False
 
     def dataReceived(self, data: bytes) -> None:
-        if self._relay is not None:
-            self._relay.received(self._side, data)  # type: ignore[arg-type]
-            return
         if self._request is not None:
-            self._held.append(data)
+            super().dataReceived(data)
             return
         try:
             request, rest = self._reader.feed(data)
@@ -88,7 +80,7 @@ class BackendStream(Protocol):
         assert isinstance(request, OpenRequest)
         self._request = request
         if rest:
-            self._held.append(rest)
+            super().dataReceived(rest)
         self._start(request)
 
     def _start(self, request: OpenRequest) -> None:
@@ -117,7 +109,6 @@ class BackendStream(Protocol):
             return
         name = self._service.name
         self._answer(OpenReply(OpenStatus.OK, ""))
-        self._side = TransportSide(self.transport)
         metrics = self.gateway.metrics
         active = metrics.streams_active.labels(service=name)
         active.inc()
@@ -126,22 +117,20 @@ class BackendStream(Protocol):
         def finished(reason: str) -> None:
             active.dec()
 
-        relay = backend.join(
-            lambda backend_side: Relay(
-                self._side,  # type: ignore[arg-type]
-                backend_side,
-                metrics.byte_counter(name, TO_BACKEND),
-                metrics.byte_counter(name, TO_CLIENT),
-                finished,
+        # Both ends join the one relay; whatever either held (a backend's greeting, payload
+        # that followed OPEN) goes out first, after the OK above.
+        self.join(
+            lambda stream_side: backend.join(
+                lambda backend_side: Relay(
+                    stream_side,
+                    backend_side,
+                    metrics.byte_counter(name, TO_BACKEND),
+                    metrics.byte_counter(name, TO_CLIENT),
+                    finished,
+                )
             )
         )
-        self._relay = relay
         self.transport.resumeProducing()
-        held, self._held = self._held, []
-        for chunk in held:
-            relay.received(self._side, chunk)
-        if self._held_eof:
-            relay.eof(self._side)
 
     def _dial_failed(self, failure: Failure) -> None:
         self._dialing = None
@@ -160,23 +149,12 @@ class BackendStream(Protocol):
         self._answer(OpenReply(status, PUBLIC_REASONS[status].format(service=name)))
         self.transport.loseConnection()
 
-    def readConnectionLost(self) -> None:
-        if self._relay is not None:
-            self._relay.eof(self._side)  # type: ignore[arg-type]
-        else:
-            self._held_eof = True
-
-    def writeConnectionLost(self) -> None:
-        pass
-
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._gone = True
         if self._dialing is not None:
             dialing, self._dialing = self._dialing, None
             dialing.cancel()
-        if self._relay is not None:
-            clean = reason.check(error.ConnectionDone) is not None
-            self._relay.lost(self._side, clean, reason.getErrorMessage())  # type: ignore[arg-type]
+        super().connectionLost(reason)
 
 
 class BackendDialer:

@@ -270,7 +270,7 @@ class MuxStream:
         if self._remote_ended and not self._end_delivered and not self._finished:
             self._end_delivered = True
             if self._discarding:
-                pass
+                pass  # loseConnection was called: the protocol wants nothing more
             elif IHalfCloseableProtocol.providedBy(self.protocol):
                 self.protocol.readConnectionLost()  # type: ignore[union-attr]
             else:
