@@ -31,6 +31,7 @@ from shield.config.model import (
     BACKEND_SCHEMES,
     PUBLIC_SCHEMES,
     DmzBackplane,
+    DmzCluster,
     DmzConfig,
     DmzService,
     InternalBackplane,
@@ -75,20 +76,24 @@ _WS_SCHEMES = frozenset({"ws", "wss"})
 _TLS_PUBLIC_SCHEMES = frozenset({"wss", "tls"})
 
 _TOP_KEYS = ("properties", "dmz", "internal")
-_DMZ_KEYS = ("name", "admin", "grace-period", "open-timeout", "backplane", "service")
+_DMZ_KEYS = ("name", "admin", "grace-period", "open-timeout", "backplane", "cluster", "service")
+_DMZ_CLUSTER_KEYS = ("name", "accept", "members", "connect", "heartbeat-interval", "member-names")
 _DMZ_BACKPLANE_KEYS = (
     "accept", "cert", "ca", "connectors",
     "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max",
 )  # fmt: skip
 _DMZ_SERVICE_KEYS = (
     "name", "accept", "allow-origin", "max-message-size", "ws-ping-interval", "open-timeout",
-    "cert",
+    "cert", "type", "mode", "balance",
 )  # fmt: skip
+_SERVICE_TYPES = ("tunnel", "balancer")
+_BALANCER_MODES = ("proxy", "redirect")
 _WS_ONLY_KEYS = ("allow-origin", "max-message-size", "ws-ping-interval")
 _INTERNAL_KEYS = ("name", "admin", "priority", "grace-period", "backplane", "service")
 _INTERNAL_BACKPLANE_KEYS = (
     "connect", "server-name", "links", "cert", "ca",
     "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max",
+    "resolve-interval",
 )  # fmt: skip
 _INTERNAL_SERVICE_KEYS = ("name", "connect", "connect-timeout", "ca", "server-name")
 _TLS_BACKEND_KEYS = ("ca", "server-name")
@@ -561,14 +566,22 @@ def _build_dmz(data: dict[str, Any], source: Path) -> DmzConfig:
         "open-timeout", _default(DmzConfig, "open_timeout"), zero_allowed=False
     )
     backplane, connector_paths = _dmz_backplane(top.table("backplane", _DMZ_BACKPLANE_KEYS))
-    listeners = _fixed_listeners(top, admin, backplane)
+    cluster = None
+    if top.has("cluster"):
+        cluster = _dmz_cluster(top.table("cluster", _DMZ_CLUSTER_KEYS), name, backplane)
+    listeners = _fixed_listeners(top, admin, backplane, cluster)
     services: list[DmzService] = []
     seen: dict[str, str] = {}
     for table in top.tables("service", _DMZ_SERVICE_KEYS):
         service, accept_paths = _dmz_service(table, _service_name(table, seen), open_timeout)
+        if service.is_balancer and cluster is None:
+            raise ConfigError(
+                table.at("type"), "a balancer needs a [dmz.cluster]: it sends clients to members"
+            )
         services.append(service)
         listeners += _service_listeners(service, accept_paths)
-    _check_connector_services(backplane.connectors, connector_paths, list(seen))
+    balancers = {s.name for s in services if s.is_balancer}
+    _check_connector_services(backplane.connectors, connector_paths, list(seen), balancers)
     _check_listeners(listeners)
     return DmzConfig(
         name=name,
@@ -577,7 +590,58 @@ def _build_dmz(data: dict[str, Any], source: Path) -> DmzConfig:
         admin=admin,
         grace_period=grace,
         open_timeout=open_timeout,
+        cluster=cluster,
         source=source,
+    )
+
+
+def _dmz_cluster(table: _Table, own_name: str, backplane: DmzBackplane) -> DmzCluster:
+    """``[dmz.cluster]``: member links use the backplane's certificate and CA."""
+    name = _identity(table, "name", "cluster name")
+    accept = table.uri("accept", ("tls",))
+    members = tuple(uri for uri, _ in table.uris("members", ("tls",))) if table.has("members") else ()
+    connect = table.optional_uri("connect", ("udp",))
+    if connect is not None:
+        try:
+            group = ipaddress.ip_address(connect.host)
+        except ValueError:
+            group = None
+        if group is None or not group.is_multicast:
+            raise ConfigError(
+                table.at("connect"), f"{connect.host!r} is not a multicast group address "
+                "(e.g. udp://224.2.2.44:44444)"
+            )  # fmt: skip
+        if accept.host in _WILDCARD_HOSTS or not _is_ip_address(accept.host):
+            raise ConfigError(
+                table.at("accept"), "discovery announces this address to the other members: "
+                f"give this member's own IP address, not {accept.host!r}"
+            )  # fmt: skip
+    if not members and connect is None:
+        raise ConfigError(
+            table.at("members"), "missing: list the other members, or discover them with "
+            "connect = \"udp://224.2.2.44:44444\""
+        )  # fmt: skip
+    interval = table.seconds(
+        "heartbeat-interval", _default(DmzCluster, "heartbeat_interval"), zero_allowed=False
+    )
+    if interval < 0.05 or interval > 60:
+        raise ConfigError(
+            table.at("heartbeat-interval"), f"must be between 0.05 and 60 seconds (got {interval})"
+        )
+    names: tuple[str, ...] = ()
+    if table.has("member-names"):
+        names = tuple(text for text, _ in table.strings("member-names"))
+        for text, path in table.strings("member-names"):
+            _check_identity(text, path, "member identity")
+            if text in backplane.connectors:
+                raise ConfigError(path, f"{text!r} is a connector identity, it cannot be a member")
+    return DmzCluster(
+        name=name,
+        accept=accept,
+        members=members,
+        connect=connect,
+        heartbeat_interval=interval,
+        member_names=names,
     )
 
 
@@ -611,7 +675,10 @@ def _dmz_backplane(table: _Table) -> tuple[DmzBackplane, dict[str, list[str]]]:
 
 
 def _check_connector_services(
-    connectors: Mapping[str, tuple[str, ...]], paths: Mapping[str, list[str]], names: list[str]
+    connectors: Mapping[str, tuple[str, ...]],
+    paths: Mapping[str, list[str]],
+    names: list[str],
+    balancers: set[str],
 ) -> None:
     for identity, offered in connectors.items():
         seen: dict[str, str] = {}
@@ -619,6 +686,11 @@ def _check_connector_services(
             if service in seen:
                 also = seen[service]
                 raise ConfigError(path, f"service {service!r} is listed twice (also at {also})")
+            if service in balancers:
+                raise ConfigError(
+                    path, f"service {service!r} is a balancer: it sends clients to members, "
+                    "no connector offers it"
+                )  # fmt: skip
             if service not in names:
                 close = difflib.get_close_matches(service, names, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else "no [[dmz.service]] of that name"
@@ -632,6 +704,23 @@ def _dmz_service(
     """The service, and the key path of each of its accept URIs."""
     accepts = table.uris("accept", PUBLIC_SCHEMES)
     schemes = {uri.scheme for uri, _ in accepts}
+    kind = _choice(table, "type", _SERVICE_TYPES, "tunnel")
+    if kind == "balancer":
+        table.reject_if_present(
+            ("balance",) + _WS_ONLY_KEYS, "not used by a balancer (the member that serves the "
+            "client applies its own service's settings)"
+        )  # fmt: skip
+        mode = _choice(table, "mode", _BALANCER_MODES, _default(DmzService, "mode"))
+        if mode == "redirect" and schemes - _WS_SCHEMES:
+            raise ConfigError(
+                table.at("mode"), "redirect needs ws:// or wss:// accepts only (tcp:// and "
+                "tls:// clients cannot follow an HTTP redirect): use mode = \"proxy\""
+            )  # fmt: skip
+        balance: tuple[Uri, ...] = ()
+    else:
+        table.reject_if_present(("mode",), "only used by a balancer (type = \"balancer\")")
+        mode = _default(DmzService, "mode")
+        balance = _balance(table, schemes)
     if not schemes & _WS_SCHEMES:
         table.reject_if_present(
             _WS_ONLY_KEYS, "only used by ws:// and wss:// accepts, and this service has none"
@@ -657,8 +746,39 @@ def _dmz_service(
         ),
         open_timeout=table.seconds("open-timeout", default_open_timeout, zero_allowed=False),
         cert=cert,
+        type=kind,
+        mode=mode,
+        balance=balance,
     )
     return service, [path for _, path in accepts]
+
+
+def _choice(table: _Table, key: str, choices: tuple[str, ...], default: str) -> str:
+    if not table.has(key):
+        return default
+    value = table.string(key)
+    if value not in choices:
+        raise ConfigError(
+            table.at(key), f"must be one of {', '.join(map(repr, choices))} (got {value!r})"
+        )
+    return value
+
+
+def _balance(table: _Table, schemes: set[str]) -> tuple[Uri, ...]:
+    """Balancer accepts that send clients here: each needs an accept this service can serve it on."""
+    if not table.has("balance"):
+        return ()
+    found = []
+    for uri, path in table.uris("balance", PUBLIC_SCHEMES):
+        family = _WS_SCHEMES if uri.scheme in _WS_SCHEMES else frozenset({"tcp", "tls"})
+        if not schemes & family:
+            wanted = "ws:// or wss://" if uri.scheme in _WS_SCHEMES else "tcp:// or tls://"
+            raise ConfigError(
+                path, f"a {uri.scheme}:// balancer sends {uri.scheme} clients, and this service "
+                f"has no {wanted} accept to serve them"
+            )  # fmt: skip
+        found.append(uri)
+    return tuple(found)
 
 
 def _origins(table: _Table) -> tuple[str, ...]:
@@ -684,11 +804,16 @@ class _Listener:
     cert: Path | None = None
 
 
-def _fixed_listeners(top: _Table, admin: Uri | None, backplane: DmzBackplane) -> list[_Listener]:
+def _fixed_listeners(
+    top: _Table, admin: Uri | None, backplane: DmzBackplane, cluster: DmzCluster | None
+) -> list[_Listener]:
     """The DMZ's own ports: they may not be taken by a service either."""
     listeners = [] if admin is None else [_Listener(admin, top.at("admin"), "the admin endpoint")]
     accept_path = _join(top.at("backplane"), "accept")
     listeners.append(_Listener(backplane.accept, accept_path, "the backplane", backplane.cert))
+    if cluster is not None:
+        cluster_path = _join(top.at("cluster"), "accept")
+        listeners.append(_Listener(cluster.accept, cluster_path, "the cluster", backplane.cert))
     return listeners
 
 
@@ -767,6 +892,9 @@ def _internal_backplane(table: _Table) -> InternalBackplane:
         keepalive=_keepalive(table),
         stream_window=(window := _stream_window(table, InternalBackplane)),
         stream_window_max=_stream_window_max(table, InternalBackplane, window),
+        resolve_interval=table.seconds(
+            "resolve-interval", _default(InternalBackplane, "resolve_interval"), zero_allowed=True
+        ),
     )
 
 

@@ -52,6 +52,25 @@ class DmzService:
     ws_ping_interval: float = 30.0
     open_timeout: float = 10.0
     cert: Path | None = None  # required when accept has wss:// or tls://
+    type: str = "tunnel"  # "tunnel" (clients go to a connector) or "balancer" (to a cluster member)
+    mode: str = "proxy"  # balancers only: "redirect" (HTTP 302) or "proxy" (spliced by the balancer)
+    balance: tuple[Uri, ...] = ()  # tunnels only: balancer accepts that may send clients here
+
+    @property
+    def is_balancer(self) -> bool:
+        return self.type == "balancer"
+
+
+@dataclass(frozen=True, slots=True)
+class DmzCluster:
+    """Membership of a DMZ gateway in a cluster: member links over mutual TLS, heartbeats."""
+
+    name: str
+    accept: Uri  # tls:// for member-to-member links
+    members: tuple[Uri, ...] = ()  # static peers to dial (may include this member's own accept)
+    connect: Uri | None = None  # udp:// multicast group for discovery, or None
+    heartbeat_interval: float = 1.0
+    member_names: tuple[str, ...] = ()  # identities allowed as members; empty: any non-connector
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +92,7 @@ class DmzConfig:
     admin: Uri | None = None
     grace_period: float = 30.0
     open_timeout: float = 10.0
+    cluster: DmzCluster | None = None
     source: Path | None = None
 
 
@@ -86,6 +106,7 @@ class InternalBackplane:
     keepalive: KeepaliveSettings = KeepaliveSettings()
     stream_window: int = 262144
     stream_window_max: int = 4194304  # a stream whose reader keeps up may grow its window to this
+    resolve_interval: float = 30.0  # seconds between DNS look-ups of connect host names
 
 
 @dataclass(frozen=True, slots=True)

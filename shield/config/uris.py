@@ -22,6 +22,7 @@ FORMS: dict[str, str] = {
     "tcp": "tcp://host:port",
     "tls": "tls://host:port",
     "http": "http://host:port",
+    "udp": "udp://group:port",
     "unix": "unix:/absolute/path",
 }
 _WITH_PATH = frozenset({"ws", "wss"})
