@@ -4,6 +4,8 @@
 - ``source``: reads an 8-byte big-endian count N, sends N bytes of a known pattern
   (``pattern_block``), then half-closes; keeps reading until EOF.
 - ``count``: reads to EOF and answers the byte count and SHA-256 of what it got, as one line.
+- ``ident:NAME``: first sends the line ``NAME\n``, then echoes like ``echo``; so a client can tell
+  which of several backends (and so which connector) served it.
 PORT may be a unix socket path (starting with /). It prints "listening" once ready and one line per connection, so tests can count connections.
 """
 
@@ -65,8 +67,20 @@ async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
+def ident(name: str):  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"{name}\n".encode())
+        await writer.drain()
+        await echo(reader, writer)
+
+    return handler
+
+
 async def main(mode: str, port: int | str) -> None:
-    handler = {"echo": echo, "source": source, "count": count}[mode]
+    if mode.startswith("ident:"):
+        handler = ident(mode.split(":", 1)[1])
+    else:
+        handler = {"echo": echo, "source": source, "count": count}[mode]
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         print(f"connection from {writer.get_extra_info('peername')}", flush=True)
