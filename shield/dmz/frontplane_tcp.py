@@ -21,9 +21,12 @@ from shield.relay import RelayedProtocol
 
 @implementer(IHandshakeListener)
 class PublicTcpProtocol(RelayedProtocol):
-    def __init__(self, front: ServiceFront, kind: str) -> None:
+    def __init__(self, front: ServiceFront, kind: str, after_handshake: bool | None = None) -> None:
         self.front = front
         self.kind = kind  # "tcp" or "tls"
+        # tls: wait for the handshake, so a client that never completes it costs no tunnel. A
+        # client handed over by a balancer has done its handshake already.
+        self.after_handshake = kind == "tls" if after_handshake is None else after_handshake
         self.client = "?"
         self._opening: Deferred[TunnelStream] | None = None
         self._gone = False
@@ -31,9 +34,8 @@ class PublicTcpProtocol(RelayedProtocol):
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
         self.client = describe_address(self.transport.getPeer())
-        if self.kind == "tcp":
+        if not self.after_handshake:
             self._open_tunnel()
-        # tls: wait for the handshake, so a client that never completes it costs no tunnel.
 
     def handshakeCompleted(self) -> None:
         self._open_tunnel()

@@ -242,11 +242,35 @@ class _Root(Resource):
         return self.getChildWithDefault(b"", request).render(request)
 
 
+class _AnyPath(Resource):
+    """Every path is the one service: a client a balancer sent here already chose it."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__()
+        self._resource = resource
+
+    def getChildWithDefault(self, name: bytes, request: Any) -> Resource:
+        request.postpath = []
+        return self._resource
+
+    def render(self, request: Any) -> bytes:
+        return self._resource.render(request)
+
+
 def websocket_site(routes: list[tuple[str, ServiceFront, str]]) -> Site:
     """One twisted.web site for a listener: ``routes`` are (path, service, public URL)."""
     root = _Root()
     for path, front, url in routes:
         root.route(path, WebSocketResource(websocket_factory(front, url)))
+    return _quiet_site(root)
+
+
+def balanced_site(front: ServiceFront, url: str) -> Site:
+    """The site for WebSocket clients a balancer hands to ``front``, whatever path they asked for."""
+    return _quiet_site(_AnyPath(WebSocketResource(websocket_factory(front, url))))
+
+
+def _quiet_site(root: Resource) -> Site:
     site = Site(root)
     site.noisy = False
     site.displayTracebacks = False

@@ -11,10 +11,16 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from twisted.internet.interfaces import IAddress, IProtocol
+
+from shield.cluster.messages import ForwardReply, ForwardRequest, ServiceState
+from shield.cluster.node import ClusterNode
 from shield.config.model import DmzConfig, Uri
+from shield.config.mux import mux_config_for
 from shield.dmz.backplane import BackplaneFactory, known_identity_check
-from shield.dmz.frontplane_tcp import PublicTcpFactory
-from shield.dmz.frontplane_ws import nvx_in_use, websocket_site
+from shield.dmz.balancer import BalancedHttpFactory, BalancedTcpFactory, BalancerFront
+from shield.dmz.frontplane_tcp import PublicTcpFactory, PublicTcpProtocol
+from shield.dmz.frontplane_ws import balanced_site, nvx_in_use, websocket_site
 from shield.dmz.links import LinkRegistry
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import TunnelOpener
@@ -24,7 +30,12 @@ from shield.ops.drain import raise_file_limit, drain_links, exit_cleanly_after_d
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.tls.transport import LinkTLSFactory
-from shield.tls.contexts import backplane_server_context, public_server_context
+from shield.tls.contexts import (
+    backplane_server_context,
+    cluster_client_options,
+    cluster_server_context,
+    public_server_context,
+)
 
 log = Logger(namespace="shield.dmz")
 
@@ -38,8 +49,16 @@ class DmzGateway(Service):
         self.metrics = Metrics()
         self.registry = LinkRegistry()
         self.opener = TunnelOpener(self.registry, reactor)
-        self.fronts = {service.name: ServiceFront(service, self.opener, self.metrics) for service in config.services}
+        self.fronts = {
+            service.name: ServiceFront(service, self.opener, self.metrics)
+            for service in config.services
+            if not service.is_balancer
+        }
         self.backplane = BackplaneFactory(config, self.registry, reactor)
+        self.draining = False
+        self.node: ClusterNode | None = None
+        self.balancers: dict[str, BalancerFront] = {}
+        self._balanced_sites: dict[str, Factory] = {}
         self.ports: list[IListeningPort] = []
         self.admin_port: IListeningPort | None = None
         self.registry.on_change(self._update_link_metrics)
@@ -57,6 +76,29 @@ class DmzGateway(Service):
                 self.public_tls[service.name] = tls_material(
                     {f"dmz.service[{index}].cert": cert}, lambda cert=cert: public_server_context(cert)
                 )
+        if config.cluster is not None:
+            self.node = self._cluster_node(config)
+            node = self.node
+            self.metrics.cluster_members.set_function(lambda: len(node.alive_members()))
+            self.balancers = {
+                service.name: BalancerFront(service, self.node, self.metrics, self._serve_here)
+                for service in config.services
+                if service.is_balancer
+            }
+
+    def _cluster_node(self, config: DmzConfig) -> ClusterNode:
+        backplane, cluster = config.backplane, config.cluster
+        assert cluster is not None
+        connectors = lambda: set(config.backplane.connectors)  # noqa: E731
+        node: list[ClusterNode] = []
+        is_member = lambda identity: node[0].admits(identity, connectors)  # noqa: E731
+        files = {"dmz.backplane.cert": backplane.cert, "dmz.backplane.ca": backplane.ca}
+        server_tls = tls_material(files, lambda: cluster_server_context(backplane.cert, backplane.ca, is_member))
+        client_tls = tls_material(files, lambda: cluster_client_options(backplane.cert, backplane.ca, is_member))
+        node.append(
+            ClusterNode(config.name, cluster, self, self.reactor, server_tls, client_tls, mux_config_for(backplane))
+        )
+        return node[0]
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -73,6 +115,8 @@ class DmzGateway(Service):
         listeners: list[tuple[Uri, Factory, str]] = [
             (config.backplane.accept, LinkTLSFactory(self.backplane_tls, False, self.backplane), "backplane")
         ]
+        if self.node is not None:
+            yield self.node.start()
         listeners += self._frontplane_listeners()
         for uri, factory, what in listeners:
             port = yield tcp_server_endpoint(self.reactor, uri).listen(factory)
@@ -91,9 +135,13 @@ class DmzGateway(Service):
     def _frontplane_listeners(self) -> list[tuple[Uri, Factory, str]]:
         """Group accepts by listener: WebSocket services on one host:port share a site."""
         websocket_routes: dict[tuple[str, str, int], list] = defaultdict(list)
+        balancer_routes: dict[tuple[str, str, int], dict[str, tuple[BalancerFront, Uri]]] = defaultdict(dict)
         tls_certs: dict[tuple[str, str, int], object] = {}
         listeners: list[tuple[Uri, Factory, str]] = []
         for service in self.config.services:
+            if service.is_balancer:
+                listeners += self._balancer_listeners(service.name, balancer_routes, tls_certs)
+                continue
             front = self.fronts[service.name]
             for uri in service.accept:
                 key = (uri.scheme, uri.host, uri.port)
@@ -107,14 +155,83 @@ class DmzGateway(Service):
                     factory = PublicTcpFactory(front, "tls")
                     tls = TLSMemoryBIOFactory(self.public_tls[service.name], False, factory)
                     listeners.append((uri, tls, f"service {service.name} (tls)"))
-        for (scheme, host, port), routes in websocket_routes.items():
-            site = websocket_site(routes)
+        for key in sorted(set(websocket_routes) | set(balancer_routes)):
+            scheme, host, port = key
+            routes = websocket_routes.get(key, [])
+            site: Factory | None = websocket_site(routes) if routes else None
+            names = sorted({front.name for _, front, _ in routes})
+            if key in balancer_routes:
+                names += sorted({front.name for front, _ in balancer_routes[key].values()})
+                site = BalancedHttpFactory(balancer_routes[key], site, self.reactor)
+            assert site is not None
             factory: Factory = site
             if scheme == "wss":
-                factory = TLSMemoryBIOFactory(tls_certs[(scheme, host, port)], False, site)
-            names = ", ".join(sorted({front.name for _, front, _ in routes}))
-            listeners.append((Uri(scheme, host, port), factory, f"service {names} ({scheme})"))
+                factory = TLSMemoryBIOFactory(tls_certs[key], False, site)
+            listeners.append((Uri(scheme, host, port), factory, f"service {', '.join(names)} ({scheme})"))
         return listeners
+
+    def _balancer_listeners(self, name: str, routes: dict, tls_certs: dict) -> list[tuple[Uri, Factory, str]]:  # type: ignore[type-arg]
+        front = self.balancers[name]
+        listeners: list[tuple[Uri, Factory, str]] = []
+        for uri in front.config.accept:
+            key = (uri.scheme, uri.host, uri.port)
+            if uri.scheme in ("ws", "wss"):
+                routes[key][uri.path or "/"] = (front, uri)
+                if uri.scheme == "wss":
+                    tls_certs[key] = self.public_tls[name]
+                continue
+            factory: Factory = BalancedTcpFactory(front, uri)
+            if uri.scheme == "tls":
+                factory = TLSMemoryBIOFactory(self.public_tls[name], False, factory)
+            listeners.append((uri, factory, f"balancer {name} ({uri.scheme}, {front.config.mode})"))
+        return listeners
+
+    # -- cluster member (shield.cluster.node.LocalMember) -------------------------------------------
+
+    def cluster_services(self) -> list[ServiceState]:
+        live = self.registry.services_live()
+        return [
+            ServiceState(
+                name=front.name,
+                live=front.name in live,
+                clients=len(front.relays),
+                accept=tuple(str(uri) for uri in front.config.accept),
+                balance=tuple(str(uri) for uri in front.config.balance),
+            )
+            for front in self.fronts.values()
+        ]
+
+    def cluster_clients(self) -> int:
+        return self.open_tunnels()
+
+    def serve_forward(self, request: ForwardRequest, balancer: str) -> tuple[ForwardReply, IProtocol | None]:
+        """A peer's balancer hands us a client: take it only if we can serve it right now."""
+        if self.draining:
+            return ForwardReply(503, f"member {self.config.name!r} is draining"), None
+        front = self.fronts.get(request.service)
+        if front is None:
+            return ForwardReply(404, f"no service {request.service!r} on member {self.config.name!r}"), None
+        if request.service not in self.registry.services_live():
+            return ForwardReply(503, f"no live link for service {request.service!r} on member {self.config.name!r}"), None
+        inner = self._serve_here(request.service, request.kind, None)
+        if inner is None:
+            return ForwardReply(404, f"service {request.service!r} has no {request.kind} accept on member {self.config.name!r}"), None
+        return ForwardReply(0), inner
+
+    def _serve_here(self, service: str, kind: str, peer: IAddress | None) -> IProtocol | None:
+        """A protocol serving a balanced client of ``service`` here (it arrives by hand-over)."""
+        front = self.fronts.get(service)
+        if front is None or self.draining:
+            return None
+        if kind == "tcp":
+            return PublicTcpProtocol(front, "tcp", after_handshake=False)
+        site = self._balanced_sites.get(service)
+        if site is None:
+            ws = [uri for uri in front.config.accept if uri.scheme in ("ws", "wss")]
+            if not ws:
+                return None
+            site = self._balanced_sites[service] = balanced_site(front, str(ws[0]))
+        return site.buildProtocol(peer)
 
     def stopService(self) -> Deferred[None]:
         """SIGTERM: stop accepting, GoAway on every link, let open tunnels finish (grace period)."""
@@ -123,15 +240,43 @@ class DmzGateway(Service):
 
     @inlineCallbacks
     def _drain(self):  # type: ignore[no-untyped-def]
+        self.draining = True
+        if self.node is not None:
+            # Peers must stop sending clients here before the doors close.
+            log.info("dmz {name}: draining: telling cluster peers", name=self.config.name)
+            yield self.node.announce_draining()
         log.info("dmz {name}: draining: no new clients, {n} tunnels open", name=self.config.name, n=self.open_tunnels())
         yield DeferredList([port.stopListening() for port in self.ports], consumeErrors=True)
         self.ports.clear()
+        started = self.reactor.seconds()
         yield drain_links(
             list(self.backplane.protocols), self.config.grace_period, self.reactor, self.open_tunnels, log
         )
+        if self.node is not None:
+            left = self.config.grace_period - (self.reactor.seconds() - started)
+            yield self._balanced_clients_done(left)
+            yield self.node.stop()
         if self.admin_port is not None:
             yield self.admin_port.stopListening()
         exit_cleanly_after_drain(self.reactor)
+
+    def _balanced_clients_done(self, grace: float) -> Deferred[None]:
+        """Clients this balancer spliced to peers finish, or are cut when the grace period ends."""
+        done: Deferred[None] = Deferred()
+        deadline = self.reactor.seconds() + max(0.0, grace)
+
+        def check() -> None:
+            relays = [relay for front in self.balancers.values() for relay in front.relays]
+            if not relays:
+                done.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                log.warn("grace period over: closing {n} balanced clients", n=len(relays))
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.05, check)
+
+        check()
+        return done
 
     # -- state for ops --------------------------------------------------------------------------
 

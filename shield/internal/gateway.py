@@ -1,17 +1,25 @@
-"""The internal gateway (connector) as a twistd service: the link pool, admin, graceful drain."""
+"""The internal gateway (connector) as a twistd service: the link pool, admin, graceful drain.
+
+The pool follows DNS: every ``connect`` host name is looked up again every ``resolve-interval``
+seconds (``shield.internal.discovery``); a new address gets ``links`` slots, an address that is
+gone has its slots drained (GoAway: open tunnels finish, no new ones land there).
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IListeningPort, IReactorCore
 from twisted.logger import Logger
 
-from shield.config.model import InternalConfig
+from shield.config.model import InternalConfig, Uri
 from shield.internal.backend import BackendDialer
-from shield.internal.pool import LinkSlot, endpoint_for, endpoint_label, resolve
+from shield.internal.discovery import Change, Discovery
+from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label, resolve
 from shield.config.mux import mux_config_for
-from shield.net import tcp_server_endpoint
+from shield.net import is_ipv4, is_ipv6, tcp_server_endpoint
 from shield.ops.admin import admin_site
 from shield.ops.drain import raise_file_limit, exit_cleanly_after_drain, fatal
 from shield.ops.metrics import Metrics
@@ -24,9 +32,15 @@ log = Logger(namespace="shield.internal")
 class InternalGateway(Service):
     """Everything one ``shield-internal`` process runs."""
 
-    def __init__(self, config: InternalConfig, reactor: IReactorCore) -> None:
+    def __init__(
+        self,
+        config: InternalConfig,
+        reactor: IReactorCore,
+        resolver: Callable[[Uri], Deferred[list[str]]] = resolve,
+    ) -> None:
         self.config = config
         self.reactor = reactor
+        self.resolver = resolver
         self.metrics = Metrics()
         self.dialer = BackendDialer(config.services, self.metrics, reactor)
         backplane = config.backplane
@@ -44,10 +58,18 @@ class InternalGateway(Service):
                         service.server_name or service.connect.host, service.ca
                     ),
                 )
-        self.slots: list[LinkSlot] = []
-        self.endpoints: list[str] = []
+        self.endpoints: dict[str, Endpoint] = {}  # label -> endpoint, in the order they came
+        self.discoveries: dict[Uri, Discovery] = {}  # one per connect URI
+        self.retiring: set[LinkSlot] = set()  # slots of removed endpoints, draining
         self.admin_port: IListeningPort | None = None
         self._started: Deferred[None] | None = None
+        self._stopping = False
+        self._first_lookups_done = False
+
+    @property
+    def slots(self) -> list[LinkSlot]:
+        """Every slot: those of current endpoints, then those still draining after a removal."""
+        return [slot for endpoint in self.endpoints.values() for slot in endpoint.slots] + list(self.retiring)
 
     def startService(self) -> None:
         super().startService()
@@ -65,26 +87,94 @@ class InternalGateway(Service):
             )
             log.info("connector {name}: admin on {uri}", name=config.name, uri=str(config.admin))
         for uri in config.backplane.connect:
-            addresses = yield resolve(uri)
-            for address in addresses:
-                label = endpoint_label(address, uri.port)
-                self.endpoints.append(label)
-                self.metrics.links_up.labels(endpoint=label).set(0)
-                dial = endpoint_for(self.reactor, address, uri.port, self.tls_options)
-                for index in range(config.backplane.links):
-                    slot = LinkSlot(self, label, dial, index)
-                    self.slots.append(slot)
-                    slot.start()
+            literal = is_ipv4(uri.host) or is_ipv6(uri.host)
+            discovery = Discovery(
+                uri.host,
+                lambda uri=uri: self.resolver(uri),
+                self.reactor,
+                0.0 if literal else config.backplane.resolve_interval,
+                lambda change, uri=uri: self._addresses_changed(uri, change),
+                where=f"connector {config.name}: connect {uri}",
+            )
+            self.discoveries[uri] = discovery
+        # The first look-ups run side by side; one that fails is retried (see discovery.py)
+        # and /readyz says why the connector is not ready meanwhile.
+        yield DeferredList([discovery.start() for discovery in self.discoveries.values()], consumeErrors=True)
+        self._first_lookups_done = True
+        if self._stopping:
+            return
         log.info(
             "connector {name}: offering {services} over {links} links to each of {endpoints}",
             name=config.name,
             services=", ".join(s.name for s in config.services),
             links=config.backplane.links,
-            endpoints=", ".join(self.endpoints),
+            endpoints=", ".join(self.endpoints) or "its endpoints, none known yet (waiting for DNS)",
         )
+
+    def _addresses_changed(self, uri: Uri, change: Change) -> None:
+        """Slots for the addresses ``uri``'s host now has; drain those of addresses it lost."""
+        if self._stopping:
+            return
+        now = ", ".join(change.addresses)
+        for address in change.added:
+            endpoint = self._add_endpoint(uri, address)
+            if endpoint is not None and self._first_lookups_done:
+                log.info(
+                    "connector {name}: endpoint {label} added (host {host} now resolves to {now})",
+                    name=self.config.name, label=endpoint.label, host=uri.host, now=now,
+                )
+        for address in change.removed:
+            endpoint = self._remove_endpoint(uri, address)
+            if endpoint is not None:
+                log.info(
+                    "connector {name}: endpoint {label} removed (host {host} now resolves to {now});"
+                    " draining its {n} links",
+                    name=self.config.name, label=endpoint.label, host=uri.host, now=now, n=len(endpoint.slots),
+                )
+                self._retire(endpoint)
+
+    def _add_endpoint(self, uri: Uri, address: str) -> Endpoint | None:
+        """The new endpoint, or None when another URI already leads to this address and port."""
+        label = endpoint_label(address, uri.port)
+        endpoint = self.endpoints.get(label)
+        if endpoint is not None:
+            endpoint.owners.add(uri)
+            return None
+        dial = endpoint_for(self.reactor, address, uri.port, self.tls_options)
+        slots = [LinkSlot(self, label, dial, index) for index in range(self.config.backplane.links)]
+        endpoint = Endpoint(label, slots, {uri})
+        self.endpoints[label] = endpoint
+        self.metrics.links_up.labels(endpoint=label).set(0)
+        for slot in slots:
+            slot.start()
+        return endpoint
+
+    def _remove_endpoint(self, uri: Uri, address: str) -> Endpoint | None:
+        """The endpoint no URI leads to any more, or None while another one still does."""
+        label = endpoint_label(address, uri.port)
+        endpoint = self.endpoints.get(label)
+        if endpoint is None:
+            return None
+        endpoint.owners.discard(uri)
+        if endpoint.owners:
+            return None
+        del self.endpoints[label]
+        # The series goes (rather than staying at 0): an endpoint that is no longer configured
+        # is not an endpoint that is down.
+        self.metrics.links_up.remove(label)
+        return endpoint
+
+    def _retire(self, endpoint: Endpoint) -> None:
+        """GoAway on the links of a removed endpoint: open tunnels finish, no new ones land there."""
+        for slot in endpoint.slots:
+            self.retiring.add(slot)
+            slot.drain().addBoth(lambda _, slot=slot: self.retiring.discard(slot))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._stopping = True
+        for discovery in self.discoveries.values():
+            discovery.stop()
         return self._drain()
 
     @inlineCallbacks
@@ -106,16 +196,25 @@ class InternalGateway(Service):
             slot.abort("shutting down: grace period over")
 
     def link_changed(self) -> None:
-        counts = {label: 0 for label in self.endpoints}
-        for slot in self.slots:
-            if slot.link is not None:
-                counts[slot.endpoint] = counts.get(slot.endpoint, 0) + 1
-        for label, count in counts.items():
-            self.metrics.links_up.labels(endpoint=label).set(count)
+        # Slots of removed endpoints are not counted: their series is gone.
+        for label, endpoint in self.endpoints.items():
+            self.metrics.links_up.labels(endpoint=label).set(endpoint.links_up)
 
     def readiness(self) -> tuple[bool, list[str]]:
-        if self._started is None or not self._started.called or not self.endpoints:
-            return False, ["backplane endpoints not resolved yet"]
-        live = {slot.endpoint for slot in self.slots if slot.link is not None}
-        missing = [f"endpoint {label}: no live link" for label in self.endpoints if label not in live]
+        if not self.discoveries:
+            return False, ["starting"]
+        missing: list[str] = []
+        for uri, discovery in self.discoveries.items():
+            if discovery.resolved:
+                continue
+            if discovery.failure is None:
+                missing.append(f"connect {uri}: resolving host {uri.host}")
+            else:
+                missing.append(
+                    f"connect {uri}: host {uri.host} does not resolve: {discovery.failure}"
+                    f" (retrying every {discovery.next_delay:g} s)"
+                )
+        missing += [f"endpoint {label}: no live link" for label, e in self.endpoints.items() if not e.links_up]
+        if not self.endpoints and not missing:
+            missing.append("no backplane endpoint")
         return not missing, missing

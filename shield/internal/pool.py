@@ -151,8 +151,29 @@ class LinkSlot:
         return 0 if protocol is None else max(0, len(protocol.streams) - 1)
 
 
+@dataclass(eq=False)
+class Endpoint:
+    """One DMZ address and port the connector keeps ``links`` slots to.
+
+    ``owners`` are the ``connect`` URIs whose host currently resolves to it: two URIs (or two
+    names) that lead to one address share its slots, and the endpoint goes once no URI leads there.
+    """
+
+    label: str
+    slots: list[LinkSlot]
+    owners: set[object] = field(default_factory=set)
+
+    @property
+    def links_up(self) -> int:
+        return sum(1 for slot in self.slots if slot.link is not None)
+
+
 def resolve(uri: Uri) -> Deferred[list[str]]:
-    """The addresses of a backplane ``connect`` host: each becomes an endpoint of its own."""
+    """The addresses of a backplane ``connect`` host: each becomes an endpoint of its own.
+
+    ``getaddrinfo`` runs in the reactor's thread pool, and nothing here caches its answer: each
+    call asks the system resolver again (glibc reads /etc/hosts afresh on every call).
+    """
     if is_ipv4(uri.host) or is_ipv6(uri.host):
         return succeed([uri.host])
 

@@ -141,7 +141,13 @@ class MuxStream:
         self._host.schedule_flush(self)
         self._finish(Failure(error.ConnectionAborted()))
 
-    def getPeer(self) -> MuxStreamAddress:
+    #: Set when a stream carries a connection on someone's behalf (a balancer forwarding a
+    #: public client): ``getPeer`` then names that client, as a socket would.
+    speaks_for: IAddress | None = None
+
+    def getPeer(self) -> IAddress:
+        if self.speaks_for is not None:
+            return self.speaks_for
         return MuxStreamAddress(self.stream_id, self._host.link_address(peer=True))
 
     def getHost(self) -> MuxStreamAddress:

@@ -39,6 +39,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cluster_members = Gauge(
+            "shield_cluster_members_alive",
+            "Cluster peers alive now (heartbeats fresh and a link up), this member not counted",
+            registry=self.registry,
+        )
+        self.balanced = Counter(
+            "shield_balanced_clients",
+            "Clients a balancer sent on, per balancer service, member and mode (proxy or redirect)",
+            ["service", "member", "mode"],
+            registry=self.registry,
+        )
+
     def byte_counter(self, service: str, direction: str):  # type: ignore[no-untyped-def]
         """A fast callable adding to one bytes series (labels resolved once, not per chunk)."""
         return self.bytes.labels(service=service, direction=direction).inc

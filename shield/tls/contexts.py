@@ -4,6 +4,10 @@
   configured CA and refuses, during the handshake, any identity the DMZ does not know. The refusal is
   logged once, here, so the reason is on record even though the connector only sees a TLS alert.
 - Backplane, connector side: ``backplane_client_options`` verifies the DMZ's chain and name.
+- DMZ cluster members: ``cluster_server_context`` and ``cluster_client_options`` accept only a
+  certificate from the backplane CA that is a gateway's (it may serve: serverAuth usage), used in
+  both directions, and whose identity the cluster admits; a connector certificate (clientAuth
+  only) can never be a member.
 - Public listeners and tls:// backends: ``public_server_context`` / ``backend_client_options``.
 - ``describe_tls_failure`` turns whatever a TLS connection died of into one line for a log.
 
@@ -54,6 +58,8 @@ __all__ = [
     "backend_client_options",
     "backplane_client_options",
     "backplane_server_context",
+    "cluster_client_options",
+    "cluster_server_context",
     "describe_tls_failure",
     "public_server_context",
     "refusal_logged",
@@ -226,12 +232,26 @@ def _server_context(cert: Path) -> SSL.Context:
     return ctx
 
 
-def _connector_verifier(
-    is_known_identity: Callable[[str], bool],
-) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
-    """The DMZ's verify callback: OpenSSL's chain verdict first, then the identity at depth 0.
+#: X509_V_ERR_INVALID_PURPOSE: the certificate's extended key usage does not fit the role.
+_INVALID_PURPOSE = 26
 
-    Returning False stops OpenSSL at the first problem, so each handshake logs at most one line.
+
+def _can_serve(cert: crypto.X509) -> bool:
+    """True if the certificate may be used by a server (no EKU at all, or serverAuth among them)."""
+    try:
+        usage = cert.to_cryptography().extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        return True
+    return x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in usage.value
+
+
+def _identity_verifier(
+    what: str, is_known_identity: Callable[[str], bool], *, must_serve: bool = False
+) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
+    """A verify callback: OpenSSL's chain verdict first, then the identity at depth 0.
+
+    ``what`` names the peer in the log ("connector", "cluster member"). Returning False stops
+    OpenSSL at the first problem, so each handshake logs at most one line.
     """
 
     def refuse(conn: SSL.Connection, fmt: str, **fields: Any) -> bool:
@@ -239,11 +259,15 @@ def _connector_verifier(
             _refused.add(conn.get_app_data())
         except TypeError:
             pass
-        log.warn("refused connector certificate: " + fmt + " (peer {peer})", peer=_peer_of(conn), **fields)
+        log.warn(f"refused {what} certificate: " + fmt + " (peer {peer})", peer=_peer_of(conn), **fields)
         return False
 
     def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         try:
+            if must_serve and not ok and errno == _INVALID_PURPOSE and depth == 0:
+                # A member dials with its server certificate, so OpenSSL's client-purpose check
+                # would refuse it; the rule for members is "a gateway certificate" (below).
+                ok = 1
             if not ok:
                 return refuse(
                     conn,
@@ -257,14 +281,31 @@ def _connector_verifier(
             identity = identity_from_certificate(cert)
             if identity is None:
                 return refuse(conn, "no identity (no subject CN and no DNS name)")
+            if must_serve and not _can_serve(cert):
+                return refuse(
+                    conn, "{identity!r} is not a gateway certificate (no serverAuth usage)",
+                    identity=identity,
+                )  # fmt: skip
             if not is_known_identity(identity):
                 return refuse(conn, "unknown identity {identity!r}", identity=identity)
             return True
         except BaseException:  # an exception inside an OpenSSL callback would be lost
-            log.failure("refused connector certificate: error while verifying it")
+            log.failure(f"refused {what} certificate: error while verifying it")
             return False
 
     return verify
+
+
+def _mutual_server_context(cert: Path, ca: Path) -> SSL.Context:
+    ca_certs = load_certificates(ca)
+    ctx = _server_context(cert)
+    try:
+        ctx.load_verify_locations(str(ca))
+    except SSL.Error as e:
+        raise TLSConfigError(f"{ca}: cannot load CA certificates: {_openssl_reasons(e)}") from e
+    for ca_cert in ca_certs:
+        ctx.add_client_ca(ca_cert)  # tells the peer which CA we want
+    return ctx
 
 
 def backplane_server_context(
@@ -274,18 +315,54 @@ def backplane_server_context(
 
     ``is_known_identity`` is called during each handshake, so it may consult live configuration.
     """
-    ca_certs = load_certificates(ca)
-    ctx = _server_context(cert)
-    try:
-        ctx.load_verify_locations(str(ca))
-    except SSL.Error as e:
-        raise TLSConfigError(f"{ca}: cannot load CA certificates: {_openssl_reasons(e)}") from e
-    for ca_cert in ca_certs:
-        ctx.add_client_ca(ca_cert)  # tells the connector which CA we want
+    ctx = _mutual_server_context(cert, ca)
     ctx.set_verify(
-        SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _connector_verifier(is_known_identity)
+        SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+        _identity_verifier("connector", is_known_identity),
     )
     return ServerTLSContext(ctx, f"backplane {cert}")
+
+
+def cluster_server_context(cert: Path, ca: Path, is_member: Callable[[str], bool]) -> ServerTLSContext:
+    """The cluster listener: the peer must be a gateway certificate from ``ca`` the cluster admits."""
+    ctx = _mutual_server_context(cert, ca)
+    ctx.set_verify(
+        SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+        _identity_verifier("cluster member", is_member, must_serve=True),
+    )
+    return ServerTLSContext(ctx, f"cluster {cert}")
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class MemberConnectionCreator:
+    """Dialling a cluster member: its name is learnt from its certificate, not known in advance.
+
+    So the check is the chain (``ca``), a gateway certificate and an admitted identity, instead of
+    a host name. The client presents this member's own certificate.
+    """
+
+    def __init__(self, context: SSL.Context, description: str) -> None:
+        self.context = context
+        self.description = description
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(tlsProtocol)
+        connection.set_connect_state()
+        return connection
+
+    def __repr__(self) -> str:
+        return f"<MemberConnectionCreator {self.description}>"
+
+
+def cluster_client_options(cert: Path, ca: Path, is_member: Callable[[str], bool]) -> MemberConnectionCreator:
+    """The dialling side of a member-to-member link (same rules as ``cluster_server_context``)."""
+    ctx = _mutual_server_context(cert, ca)  # same certificate, chain and trust; client role below
+    ctx.set_verify(
+        SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+        _identity_verifier("cluster member", is_member, must_serve=True),
+    )
+    return MemberConnectionCreator(ctx, f"cluster {cert}")
 
 
 def public_server_context(cert: Path) -> ServerTLSContext:

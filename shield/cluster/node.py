@@ -1,0 +1,276 @@
+"""A DMZ gateway's membership in its cluster: links to peers, heartbeats, drain, forwarding.
+
+The gateway gives the node two things (``LocalMember``): its current state for heartbeats, and a
+way to serve a client a peer's balancer forwards here. In return the node answers "which member
+should take this balancer's client" and opens forward streams to peers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IProtocol, IReactorCore
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger, LogLevel, globalLogPublisher
+
+from shield.cluster.link import ForwardFailed, ForwardStream, MemberLinkProtocol
+from shield.cluster.membership import Candidate, Membership
+from shield.cluster.messages import ForwardReply, ForwardRequest, Heartbeat, ServiceState
+from shield.config.model import DmzCluster, Uri
+from shield.mux.config import MuxConfig
+from shield.mux.errors import MuxError
+from shield.net import describe_address, stream_client_endpoint, tcp_server_endpoint
+from shield.tls.transport import LinkTLSEndpoint, LinkTLSFactory
+
+log = Logger(namespace="shield.cluster")
+
+#: How long a draining member waits at most for its peers to acknowledge, in heartbeat intervals.
+DRAIN_ACK_INTERVALS = 3
+#: Connect timeout for member links.
+CONNECT_TIMEOUT = 5.0
+
+
+def _warnings_only(event: dict) -> None:  # type: ignore[type-arg]
+    if event.get("log_level", LogLevel.info) >= LogLevel.warn:
+        globalLogPublisher(event)
+
+
+class _MemberDialer(ClientService):
+    """Twisted's reconnecting client, without a log line for every retry to a member that is down."""
+
+    _log = Logger(namespace="shield.cluster.dial", observer=_warnings_only)
+
+
+class LocalMember(Protocol):
+    """What the node needs from its gateway."""
+
+    def cluster_services(self) -> list[ServiceState]: ...
+
+    def cluster_clients(self) -> int: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    def serve_forward(self, request: ForwardRequest, balancer: str) -> tuple[ForwardReply, IProtocol | None]: ...
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        own_name: str,
+        config: DmzCluster,
+        local: LocalMember,
+        reactor: IReactorCore,
+        server_tls: object,
+        client_tls: object,
+        mux_config: MuxConfig,
+    ) -> None:
+        self.own_name = own_name
+        self.config = config
+        self.cluster_name = config.name
+        self.local = local
+        self.clock = reactor
+        self.reactor = reactor
+        self.mux_config = mux_config
+        self.membership = Membership(own_name)
+        self.links: set[MemberLinkProtocol] = set()
+        self._server_tls = server_tls
+        self._client_tls = client_tls
+        self._dialers: dict[str, ClientService] = {}
+        self._seq = 0
+        self._beat: LoopingCall | None = None
+        self.port: IListeningPort | None = None
+        self._stopping = False
+        self._self_endpoints: set[str] = set()
+        self.discovery: object | None = None
+        #: Clients forwarded to each peer since its last heartbeat: heartbeats are a second
+        #: apart, and a burst must not all go to the member that was least busy a second ago.
+        self._forwarded_since: dict[str, int] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Deferred[IListeningPort]:
+        factory = Factory.forProtocol(lambda: None)  # replaced below: needs the peer address
+        factory.buildProtocol = self._accepted  # type: ignore[method-assign]
+        factory.noisy = False
+        listening = tcp_server_endpoint(self.reactor, self.config.accept).listen(
+            LinkTLSFactory(self._server_tls, False, factory)
+        )
+
+        def listening_now(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            log.info("cluster {cluster}: member {name} listening on {uri}", cluster=self.cluster_name, name=self.own_name, uri=str(self.config.accept))
+            for uri in self.config.members:
+                if uri != self.config.accept:
+                    self.dial(uri)
+            self._beat = LoopingCall(self.tick)
+            self._beat.clock = self.clock
+            self._beat.start(self.config.heartbeat_interval, now=False)
+            if self.config.connect is not None:
+                from shield.cluster.discovery import MulticastDiscovery
+
+                self.discovery = MulticastDiscovery(self, self.config.connect, self.config.accept, self.reactor)
+                self.discovery.start()  # type: ignore[attr-defined]
+            return port
+
+        return listening.addCallback(listening_now)
+
+    def dial(self, uri: Uri) -> None:
+        key = str(uri)
+        if key in self._dialers or key in self._self_endpoints or self._stopping:
+            return
+        endpoint = LinkTLSEndpoint(self._client_tls, stream_client_endpoint(self.reactor, uri, CONNECT_TIMEOUT))  # type: ignore[arg-type]
+        factory = Factory.forProtocol(lambda: MemberLinkProtocol(self, True, key))
+        factory.noisy = False
+        service = _MemberDialer(endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0), clock=self.clock)
+        self._dialers[key] = service
+        service.startService()
+
+    def stop(self) -> Deferred[None]:
+        """Stop dialling and heartbeats, close member links (the process is going away)."""
+        self._stopping = True
+        if self._beat is not None and self._beat.running:
+            self._beat.stop()
+        if self.discovery is not None:
+            self.discovery.stop()  # type: ignore[attr-defined]
+        stopping = [service.stopService() for service in self._dialers.values()]
+        for link in list(self.links):
+            link.abort("member shutting down")
+        if self.port is not None:
+            stopping.append(self.port.stopListening())
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList(stopping, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- links -----------------------------------------------------------------------------------
+
+    def admits(self, identity: str, connectors: Callable[[], set[str]]) -> bool:
+        """For the TLS layer: may a certificate with this identity be a member?"""
+        if self.config.member_names:
+            return identity in self.config.member_names or identity == self.own_name
+        return identity not in connectors()
+
+    def _accepted(self, addr: object) -> MemberLinkProtocol:
+        return MemberLinkProtocol(self, False, describe_address(addr))  # type: ignore[arg-type]
+
+    def link_ready(self, link: MemberLinkProtocol, name: str) -> bool:
+        if name == self.own_name:
+            if link.dialled:
+                log.info("cluster: {endpoint} is this member itself; not dialling it", endpoint=link.endpoint)
+                self._self_endpoints.add(link.endpoint)
+                service = self._dialers.pop(link.endpoint, None)
+                if service is not None:
+                    service.stopService()
+            return False
+        self.links.add(link)
+        self.membership.link_up(name)
+        return True
+
+    def link_lost(self, link: MemberLinkProtocol, reason: str) -> None:
+        if link not in self.links:
+            if link.dialled and not self._stopping and link.endpoint not in self._self_endpoints:
+                log.debug("cluster: dial {endpoint} failed: {reason}", endpoint=link.endpoint, reason=reason)
+            return
+        self.links.discard(link)
+        name = link.peer_name or "?"
+        if self.membership.link_down(name) and not self._stopping:
+            log.warn("cluster {cluster}: member {name} is gone: link lost ({reason})", cluster=self.cluster_name, name=name, reason=reason)
+
+    def heard(self, link: MemberLinkProtocol, heartbeat: Heartbeat) -> None:
+        if heartbeat.name != link.peer_name:
+            from shield.cluster.messages import ClusterWireError
+
+            raise ClusterWireError(f"heartbeat names {heartbeat.name[:64]!r} but the certificate says {link.peer_name!r}")
+        if heartbeat.cluster != self.cluster_name:
+            from shield.cluster.messages import ClusterWireError
+
+            raise ClusterWireError(f"heartbeat is for cluster {heartbeat.cluster[:64]!r}")
+        joined, changed = self.membership.heard(heartbeat, self.clock.seconds())
+        self._forwarded_since.pop(heartbeat.name, None)
+        if joined:
+            log.info(
+                "cluster {cluster}: member {name} is alive ({n} services live, {c} clients{d})",
+                cluster=self.cluster_name, name=heartbeat.name, n=sum(s.live for s in heartbeat.services),
+                c=heartbeat.clients, d=", draining" if heartbeat.draining else "",
+            )  # fmt: skip
+        elif changed and heartbeat.draining:
+            log.info("cluster {cluster}: member {name} is draining", cluster=self.cluster_name, name=heartbeat.name)
+        if changed and heartbeat.draining:
+            self.tick()  # tell it at once that we have seen it
+
+    # -- heartbeats --------------------------------------------------------------------------------
+
+    def own_heartbeat(self) -> Heartbeat:
+        now = self.clock.seconds()
+        return Heartbeat(
+            cluster=self.cluster_name,
+            name=self.own_name,
+            seq=self._seq,
+            interval=self.config.heartbeat_interval,
+            draining=self.local.draining,
+            clients=self.local.cluster_clients(),
+            services=tuple(self.local.cluster_services()),
+            seen_draining=self.membership.draining_seen(now),
+        )
+
+    def tick(self) -> None:
+        self._seq += 1
+        heartbeat = self.own_heartbeat()
+        for link in list(self.links):
+            link.send_heartbeat(heartbeat)
+        for name in self.membership.expire(self.clock.seconds()):
+            log.warn(
+                "cluster {cluster}: member {name} is gone: no heartbeat for {n} intervals",
+                cluster=self.cluster_name, name=name, n=3,
+            )  # fmt: skip
+
+    def announce_draining(self) -> Deferred[None]:
+        """Send the draining flag now; fire once every live peer has seen it (or after 3 intervals)."""
+        self.tick()
+        done: Deferred[None] = Deferred()
+        deadline = self.clock.seconds() + DRAIN_ACK_INTERVALS * self.config.heartbeat_interval
+
+        def check() -> None:
+            seen, unseen = self.membership.peers_seeing_drain(self.clock.seconds())
+            if not unseen:
+                log.info("cluster {cluster}: peers know we drain: {peers}", cluster=self.cluster_name, peers=", ".join(seen) or "(none alive)")
+                done.callback(None)
+            elif self.clock.seconds() >= deadline:
+                log.warn("cluster {cluster}: draining without acknowledgement from {peers}", cluster=self.cluster_name, peers=", ".join(unseen))
+                done.callback(None)
+            else:
+                self.clock.callLater(0.02, check)
+
+        check()
+        return done
+
+    # -- balancing ---------------------------------------------------------------------------------
+
+    def candidates(self, balancer: Uri, exclude: set[str | None]) -> list[Candidate]:
+        return self.membership.candidates(
+            balancer, self.own_heartbeat(), self.clock.seconds(), exclude, self._forwarded_since
+        )
+
+    def forwarded_to(self, member: str) -> None:
+        self._forwarded_since[member] = self._forwarded_since.get(member, 0) + 1
+
+    def alive_members(self) -> list[str]:
+        return sorted(view.name for view in self.membership.alive(self.clock.seconds()))
+
+    def forward(self, member: str, request: ForwardRequest, timeout: float) -> Deferred[ForwardStream]:
+        """Open a forward stream to ``member``; fires once it accepted the client."""
+        for link in sorted(self.links, key=lambda l: len(l.streams)):
+            if link.peer_name != member or not link.usable:
+                continue
+            stream = ForwardStream(request, member, timeout, self.clock)
+            try:
+                link.open_stream(stream)
+            except MuxError:
+                continue
+            return stream.answered
+        from twisted.internet.defer import fail
+
+        return fail(ForwardFailed(503, f"no usable link to member {member!r}", retry=True))

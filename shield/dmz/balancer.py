@@ -1,0 +1,383 @@
+"""Balancer services (``type = "balancer"``): send each public client to the best cluster member.
+
+The best member is alive, not draining, has a live connector link for a service that lists this
+balancer in ``balance``, and serves the fewest clients (this member included). ``redirect`` answers
+a WebSocket client with HTTP 302 to that member's own accept URI; ``proxy`` keeps the client and
+splices it to the member over the cluster link (or serves it here, when this member is best), so
+it works for every client, browsers and raw TCP included. If a member refuses or its link drops
+before it answers, the next one is tried; with none left the client gets 503 and the reason.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IProtocol
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from shield.cluster.link import ForwardFailed, ForwardStream
+from shield.cluster.membership import Candidate
+from shield.cluster.messages import ForwardRequest
+from shield.config.model import DmzService, Uri
+from shield.handover import Handover
+from shield.net import describe_address, set_no_delay
+from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
+from shield.relay import Relay, TransportSide
+
+if TYPE_CHECKING:
+    from shield.cluster.node import ClusterNode
+
+log = Logger(namespace="shield.dmz.balancer")
+
+#: An HTTP request head larger than this is refused (431) before any member is chosen.
+MAX_HEAD = 16384
+#: A client must send its whole request head within this many seconds (slowloris).
+HEAD_TIMEOUT = 10.0
+
+_PHRASES = {302: "Found", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
+            431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout"}  # fmt: skip
+
+
+class BalancerFront:
+    """The runtime of one balancer service: choice, metrics, refusal lines, local hand-over."""
+
+    def __init__(
+        self,
+        config: DmzService,
+        node: "ClusterNode",
+        metrics: Metrics,
+        local: Callable[[str, str, IAddress], IProtocol | None],
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.node = node
+        self.metrics = metrics
+        self.local = local  # (service, kind, client address) -> protocol serving it here, or None
+        self.relays: set[Relay] = set()
+        self._to_backend = metrics.byte_counter(self.name, TO_BACKEND)
+        self._to_client = metrics.byte_counter(self.name, TO_CLIENT)
+
+    def candidates(self, accept: Uri, exclude: set[str | None]) -> list[Candidate]:
+        return self.node.candidates(accept, exclude)
+
+    def counted(self, member: str | None) -> None:
+        self.metrics.balanced.labels(service=self.name, member=member or self.node.own_name, mode=self.config.mode).inc()
+        if member is not None:
+            self.node.forwarded_to(member)
+
+    def refused(self, client: str, kind: str, status: int, label: str, reason: str) -> None:
+        self.metrics.open_failures.labels(service=self.name, reason=label).inc()
+        log.warn("{kind} client {client} -> {service}: {status} {reason}", kind=kind, client=client, service=self.name, status=status, reason=reason)
+
+    def relay(self, client: TransportSide, stream: ForwardStream) -> Relay:
+        holder: list[Relay] = []
+
+        def finished(reason: str) -> None:
+            if holder:
+                self.relays.discard(holder[0])
+
+        relay = stream.join(lambda side: Relay(client, side, self._to_backend, self._to_client, finished))
+        if not relay._finished:
+            holder.append(relay)
+            self.relays.add(relay)
+        return relay
+
+
+def _no_member_reason(front: BalancerFront, tried: list[str]) -> str:
+    if tried:
+        return f"no cluster member took the client for {front.name!r} ({'; '.join(tried)})"
+    alive = front.node.alive_members()
+    return (
+        f"no cluster member can serve {front.name!r} now "
+        f"({len(alive)} peers alive; none live, not draining and balanced by this accept)"
+    )
+
+
+class _BalancedClient(Handover):
+    """Shared by both front doors: try candidates in order, forward or serve here, else refuse."""
+
+    kind = "tcp"  # what the member receives: "ws" (an HTTP upgrade request) or "tcp"
+    front: BalancerFront
+    accept: Uri
+
+    def __init__(self) -> None:
+        self.client = "?"
+        self.relay_: Relay | None = None
+        self.side: TransportSide | None = None
+        self._initial = b""
+        self._tried: list[str] = []
+        self._exclude: set[str | None] = set()
+        self._pending: Deferred[ForwardStream] | None = None
+        self._gone = False
+        self._placed = False
+        self._metadata: dict[str, str] = {}
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)
+        self.client = describe_address(self.transport.getPeer())
+
+    def place(self, initial: bytes) -> None:
+        """Choose a member for this client and hand it over; ``initial`` are the bytes read so far."""
+        self._initial = initial
+        self._placed = True
+        self.transport.pauseProducing()
+        self._next()
+
+    def _next(self) -> None:
+        if self._gone:
+            return
+        found = self.front.candidates(self.accept, self._exclude)
+        if not found:
+            self.refuse(503, "no_member", _no_member_reason(self.front, self._tried))
+            return
+        choice = found[0]
+        self.choose(choice)
+
+    def choose(self, choice: Candidate) -> None:
+        self.forward_to(choice)
+
+    def forward_to(self, choice: Candidate) -> None:
+        if choice.member is None:
+            peer = self.transport.getPeer()
+            inner = self.front.local(choice.service, self.kind, peer)
+            if inner is None:
+                self._exclude.add(None)
+                self._tried.append("this member cannot serve it")
+                self._next()
+                return
+            self.front.counted(None)
+            self.transport.resumeProducing()
+            self.hand_to(inner, self._initial)
+            return
+        peer = self.transport.getPeer()
+        request = ForwardRequest(
+            service=choice.service, kind=self.kind,
+            client_host=getattr(peer, "host", "?"), client_port=getattr(peer, "port", 0),
+            metadata=self._metadata,
+        )  # fmt: skip
+        self._pending = self.front.node.forward(choice.member, request, self.front.config.open_timeout)
+        self._pending.addCallbacks(self._forwarded, self._forward_failed, errbackArgs=(choice,))
+
+    def _forwarded(self, stream: ForwardStream) -> None:
+        self._pending = None
+        if self._gone:
+            stream.transport.abortConnection()
+            return
+        self.front.counted(stream.member)
+        self.side = TransportSide(self.transport)
+        self.relay_ = self.front.relay(self.side, stream)
+        if self._initial:
+            self.relay_.received(self.side, self._initial)
+            self._initial = b""
+        self.transport.resumeProducing()
+
+    def _forward_failed(self, failure: Failure, choice: Candidate) -> None:
+        self._pending = None
+        if self._gone:
+            return
+        problem = failure.value
+        if isinstance(problem, ForwardFailed) and problem.retry:
+            self._exclude.add(choice.member)
+            self._tried.append(problem.reason)
+            self._next()
+            return
+        self.refuse(502, "forward_failed", failure.getErrorMessage())
+
+    def refuse(self, status: int, label: str, reason: str) -> None:
+        self.front.refused(self.client, self.kind, status, label, reason)
+        self.send_refusal(status, reason)
+
+    def send_refusal(self, status: int, reason: str) -> None:
+        self.transport.loseConnection()
+
+    def before_handover(self, data: bytes) -> None:
+        if self.relay_ is not None:
+            self.relay_.received(self.side, data)  # type: ignore[arg-type]
+        elif self._placed:
+            self._initial += data  # a member is being chosen: hold, it will get these first
+        else:
+            self.before_choice(data)
+
+    def before_choice(self, data: bytes) -> None:
+        self._initial += data
+
+    def readConnectionLost(self) -> None:
+        if self.relay_ is not None:
+            self.relay_.eof(self.side)  # type: ignore[arg-type]
+        elif self.inner is not None:
+            super().readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def lost_before_handover(self, reason: Failure) -> None:
+        self._gone = True
+        if self.relay_ is not None:
+            from twisted.internet import error
+
+            clean = reason.check(error.ConnectionDone) is not None
+            self.relay_.lost(self.side, clean, reason.getErrorMessage())  # type: ignore[arg-type]
+        elif self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.addErrback(lambda _: None)
+            pending.cancel()
+
+
+@implementer(IHandshakeListener)
+class BalancedTcpClient(_BalancedClient):
+    """A raw TCP (or TLS, terminated here) client of a balancer: always proxied."""
+
+    def __init__(self, front: BalancerFront, accept: Uri) -> None:
+        super().__init__()
+        self.front = front
+        self.accept = accept
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.accept.scheme == "tcp":
+            self.place(b"")
+
+    def handshakeCompleted(self) -> None:
+        self.place(b"")
+
+
+class BalancedHttpClient(_BalancedClient):
+    """A WebSocket client of a balancer: the request head picks the route, then redirect or proxy.
+
+    ``routes`` maps paths on this listener to balancers; any other path goes, unread, to the
+    listener's ordinary WebSocket site (``fallback``) when it has one.
+    """
+
+    kind = "ws"
+
+    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: Factory | None, clock) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.routes = routes
+        self.fallback = fallback
+        self.clock = clock
+        self._head = b""
+        self._timer: IDelayedCall | None = None
+        self._target = ""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._timer = self.clock.callLater(HEAD_TIMEOUT, self._slow)
+
+    def _slow(self) -> None:
+        self._timer = None
+        log.info("ws client {client}: no complete request within {t:g} s; closed (408)", client=self.client, t=HEAD_TIMEOUT)
+        self.send_refusal(408, "request head not received in time")
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def before_choice(self, data: bytes) -> None:
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HEAD:
+                self._stop_timer()
+                log.info("ws client {client}: request head over {n} bytes; refused (431)", client=self.client, n=MAX_HEAD)
+                self.send_refusal(431, f"request head over {MAX_HEAD} bytes")
+            return
+        self._stop_timer()
+        head, self._head = self._head, b""
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = request_line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            log.info("ws client {client}: bad request line {line!r}; refused (400)", client=self.client, line=request_line[:80])
+            self.send_refusal(400, "bad request line")
+            return
+        self._target = parts[1]
+        path = urlsplit(self._target).path
+        route = self.routes.get(path)
+        if route is None:
+            if self.fallback is not None:
+                self.hand_to(self.fallback.buildProtocol(self.transport.getPeer()), head)
+            else:
+                self.send_refusal(404, "no WebSocket service at this path")
+            return
+        self.front, self.accept = route
+        self.place(head)
+
+    def choose(self, choice: Candidate) -> None:
+        if self.front.config.mode != "redirect":
+            self.forward_to(choice)
+            return
+        location = _location(choice, self.accept, self._target)
+        if location is None:
+            self._exclude.add(choice.member)
+            self._tried.append(f"member {choice.member or self.front.node.own_name!r} has no address to redirect to")
+            self._next()
+            return
+        self.front.counted(choice.member)
+        self._respond(302, "", [("Location", location)])
+
+    def send_refusal(self, status: int, reason: str) -> None:
+        self._respond(status, reason)
+
+    def _respond(self, status: int, reason: str, headers: list[tuple[str, str]] = []) -> None:
+        body = (reason.splitlines()[0] + "\n").encode("utf-8") if reason else b""
+        lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
+                 f"Content-Length: {len(body)}", "Connection: close"]  # fmt: skip
+        lines += [f"{name}: {value}" for name, value in headers]
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        self.transport.loseConnection()
+
+    def lost_before_handover(self, reason: Failure) -> None:
+        self._stop_timer()
+        super().lost_before_handover(reason)
+
+
+def _location(choice: Candidate, accept: Uri, target: str) -> str | None:
+    """The member's accept for a redirect: same scheme preferred, ws -> http and wss -> https."""
+    from shield.config.errors import ConfigError
+    from shield.config.uris import parse_uri
+
+    parsed = []
+    for text in choice.accept:
+        try:
+            parsed.append(parse_uri(text, ("ws", "wss", "tcp", "tls"), "accept"))
+        except ConfigError:
+            continue
+    usable = [u for u in parsed if u.scheme in ("ws", "wss") and u.host not in ("0.0.0.0", "::")]
+    usable.sort(key=lambda u: u.scheme != accept.scheme)
+    if not usable:
+        return None
+    uri = usable[0]
+    query = urlsplit(target).query
+    host = f"[{uri.host}]" if ":" in uri.host else uri.host
+    scheme = "https" if uri.scheme == "wss" else "http"
+    return f"{scheme}://{host}:{uri.port}{uri.path}" + (f"?{query}" if query else "")
+
+
+class BalancedHttpFactory(Factory):
+    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: Factory | None, clock) -> None:  # type: ignore[no-untyped-def]
+        self.routes = routes
+        self.fallback = fallback
+        self.clock = clock
+        self.noisy = False
+
+    def buildProtocol(self, addr: IAddress) -> BalancedHttpClient:
+        protocol = BalancedHttpClient(self.routes, self.fallback, self.clock)
+        protocol.factory = self
+        return protocol
+
+
+class BalancedTcpFactory(Factory):
+    def __init__(self, front: BalancerFront, accept: Uri) -> None:
+        self.front = front
+        self.accept = accept
+        self.noisy = False
+
+    def buildProtocol(self, addr: IAddress) -> BalancedTcpClient:
+        protocol = BalancedTcpClient(self.front, self.accept)
+        protocol.factory = self
+        return protocol
