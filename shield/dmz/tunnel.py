@@ -140,15 +140,9 @@ class TunnelStream(RelayedProtocol):
         if self.relay is not None:
             super().connectionLost(reason)
         elif not self.answered.called:
-            message = reason.getErrorMessage()
-            if "reset" in message and "session" not in message:
-                self.answered.errback(_Retry(message))
-            else:
-                self._fail(
-                    OpenFailed(
-                        502, "link_lost", f"link to connector {self.link.connector!r} lost before it answered: {message}"
-                    )
-                )
+            # Refused (reset by a link going away) or the link died before the connector answered:
+            # no client byte has gone anywhere yet, so another link may take the client.
+            self.answered.errback(_Retry(f"connector {self.link.connector!r}: {_link_reason(reason)}"))
 
 
 def _link_reason(reason: Failure) -> str:
@@ -175,6 +169,7 @@ class TunnelOpener:
         """Fires with a ready ``TunnelStream`` or fails with ``OpenFailed``; cancel it if the client leaves."""
         request = OpenRequest(service=service, client=client, metadata=metadata)
         tried: list[ConnectorLink] = []
+        retried: list[str] = []
         current: list[TunnelStream] = []
 
         def cancel(d: Deferred[TunnelStream]) -> None:
@@ -188,7 +183,8 @@ class TunnelOpener:
                 link = self.registry.pick(service, exclude=tried)
                 if link is None:
                     if tried:
-                        reason = f"every link for service {service!r} refused the stream"
+                        why = "; ".join(dict.fromkeys(retried)) or "refused the stream"
+                        reason = f"no link for service {service!r} took the client ({why})"
                     else:
                         reason = f"no live link for service {service!r}"
                     result.errback(OpenFailed(503, "no_link", reason))
@@ -213,6 +209,7 @@ class TunnelOpener:
             if result.called:
                 return
             if failure.check(_Retry):
+                retried.append(failure.getErrorMessage())
                 attempt()
             elif failure.check(OpenFailed):
                 result.errback(failure)
