@@ -131,15 +131,17 @@ class IncomingStream(Handover):
 
     def before_handover(self, data: bytes) -> None:
         try:
-            messages = self._decoder.feed(data)
-            for index, message in enumerate(messages):
-                if self._kind is None:
-                    self._header(message)
-                    if self._kind == "forward":
-                        self._forward(ForwardRequest.from_json(message), messages[index + 1 :])
-                        return
-                elif self._kind == "heartbeats":
-                    self.link.node.heard(self.link, Heartbeat.from_json(message))
+            if self._kind is None:
+                header = self._decoder.feed(data, limit=1)
+                if not header:
+                    return
+                self._header(header[0])
+                if self._kind == "forward":
+                    self._forward(ForwardRequest.from_json(header[0]))
+                    return
+                data = b""
+            for message in self._decoder.feed(data):
+                self.link.node.heard(self.link, Heartbeat.from_json(message))
         except ClusterWireError as problem:
             log.warn("cluster link to {name}: bad message: {problem}; link closed", name=self.link.peer_name, problem=problem)
             self.link.abort(f"bad cluster message: {problem}")
@@ -159,9 +161,7 @@ class IncomingStream(Handover):
         else:
             raise ClusterWireError(f"unknown stream type {str(kind)[:40]!r}")
 
-    def _forward(self, request: ForwardRequest, extra: list[dict]) -> None:
-        if extra:
-            raise ClusterWireError("a forwarded client's bytes follow its header, not more messages")
+    def _forward(self, request: ForwardRequest) -> None:
         reply, inner = self.link.node.serve_forward(request, self.link.peer_name or "?")
         self.transport.write(encode(reply.to_json()))
         if inner is None:
@@ -214,7 +214,7 @@ class ForwardStream(RelayedProtocol):
             super().dataReceived(data)
             return
         try:
-            messages = self._decoder.feed(data)
+            messages = self._decoder.feed(data, limit=1)
             if not messages:
                 return
             reply = ForwardReply.from_json(messages[0])

@@ -35,10 +35,11 @@ class MessageDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(self, data: bytes, limit: int | None = None) -> list[dict[str, Any]]:
+        """Messages complete so far, at most ``limit``: what follows may be other bytes."""
         self._buffer += data
-        messages = []
-        while len(self._buffer) >= 4:
+        messages: list[dict[str, Any]] = []
+        while len(self._buffer) >= 4 and (limit is None or len(messages) < limit):
             (length,) = _LENGTH.unpack_from(self._buffer)
             if length > MAX_MESSAGE:
                 raise ClusterWireError(f"message length {length} is over {MAX_MESSAGE}")
