@@ -118,6 +118,27 @@ class ClusterNode:
 
         return listening.addCallback(listening_now)
 
+    def settled(self) -> Deferred[None]:
+        """Fires once every static peer is heard from, or after 3 heartbeat intervals.
+
+        A balancer that started before it knew its peers would send every client to itself, or
+        refuse them while this member has no connector links yet.
+        """
+        done: Deferred[None] = Deferred()
+        expected = len({str(uri) for uri in self.config.members if uri != self.config.accept})
+        deadline = self.clock.seconds() + DRAIN_ACK_INTERVALS * self.config.heartbeat_interval
+
+        def check() -> None:
+            alive = self.alive_members()
+            if (expected and len(alive) >= expected - len(self._self_endpoints)) or self.clock.seconds() >= deadline:
+                log.info("cluster {cluster}: {n} peers alive at start: {names}", cluster=self.cluster_name, n=len(alive), names=", ".join(alive) or "none")
+                done.callback(None)
+            else:
+                self.clock.callLater(0.02, check)
+
+        check()
+        return done
+
     def dial(self, uri: Uri) -> None:
         key = str(uri)
         if key in self._dialers or key in self._self_endpoints or self._stopping:

@@ -112,16 +112,13 @@ class DmzGateway(Service):
     @inlineCallbacks
     def _listen_all(self):  # type: ignore[no-untyped-def]
         config = self.config
-        listeners: list[tuple[Uri, Factory, str]] = [
-            (config.backplane.accept, LinkTLSFactory(self.backplane_tls, False, self.backplane), "backplane")
-        ]
         if self.node is not None:
             yield self.node.start()
-        listeners += self._frontplane_listeners()
-        for uri, factory, what in listeners:
-            port = yield tcp_server_endpoint(self.reactor, uri).listen(factory)
-            self.ports.append(port)
-            log.info("dmz {name}: {what} listening on {uri}", name=config.name, what=what, uri=str(uri))
+        backplane = LinkTLSFactory(self.backplane_tls, False, self.backplane)
+        yield self._listen([(config.backplane.accept, backplane, "backplane")])
+        if self.node is not None:
+            yield self.node.settled()  # connectors link meanwhile: the backplane is up
+        yield self._listen(self._frontplane_listeners())
         if config.admin is not None:
             self.admin_port = yield tcp_server_endpoint(self.reactor, config.admin).listen(
                 admin_site(self.readiness, self.metrics.registry)
@@ -131,6 +128,13 @@ class DmzGateway(Service):
             "dmz {name}: ready for connectors ({n} services; WebSocket NVX acceleration {nvx})",
             name=config.name, n=len(self.fronts), nvx="on" if nvx_in_use() else "OFF",
         )
+
+    @inlineCallbacks
+    def _listen(self, listeners: list[tuple[Uri, Factory, str]]):  # type: ignore[no-untyped-def]
+        for uri, factory, what in listeners:
+            port = yield tcp_server_endpoint(self.reactor, uri).listen(factory)
+            self.ports.append(port)
+            log.info("dmz {name}: {what} listening on {uri}", name=self.config.name, what=what, uri=str(uri))
 
     def _frontplane_listeners(self) -> list[tuple[Uri, Factory, str]]:
         """Group accepts by listener: WebSocket services on one host:port share a site."""
