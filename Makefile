@@ -7,8 +7,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian packages the test-suite uses: the reference Go yamux for interop.
-DEBIAN_TEST_PACKAGES := golang-go golang-github-hashicorp-yamux-dev
+# Debian packages the test-suite uses: the reference Go yamux for interop; ip and iptables for the
+# network-namespace topology tests (tests/netns, run as root).
+DEBIAN_TEST_PACKAGES := golang-go golang-github-hashicorp-yamux-dev iproute2 iptables
+# ip and iptables live in /usr/sbin, which a user's PATH may lack.
+SBIN_PATH := $(PATH):/usr/sbin:/sbin
 YAMUX_GO_SRC := /usr/share/gocode/src/github.com/hashicorp/yamux
 
 .PHONY: test venv debian-test-deps clean
@@ -22,7 +25,8 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 debian-test-deps:
-	@if ! command -v go >/dev/null || [ ! -d $(YAMUX_GO_SRC) ]; then \
+	@if ! command -v go >/dev/null || [ ! -d $(YAMUX_GO_SRC) ] || \
+		! env PATH="$(SBIN_PATH)" sh -c 'command -v ip && command -v iptables' >/dev/null; then \
 		echo "installing Debian packages: $(DEBIAN_TEST_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBIAN_TEST_PACKAGES); \
