@@ -238,6 +238,13 @@ class ClusterNode:
         )
 
     def tick(self) -> None:
+        """Send our heartbeat on every link and note who fell silent (never raises: it is a loop)."""
+        try:
+            self._tick()
+        except Exception:
+            log.failure("cluster {cluster}: heartbeat failed", cluster=self.cluster_name)
+
+    def _tick(self) -> None:
         self._seq += 1
         heartbeat = self.own_heartbeat()
         for link in list(self.links):

@@ -367,8 +367,9 @@ class MuxProtocol(Protocol):
         if transport is None:
             return
         data = self.session.data_to_send()
-        if not data:
-            # Keepalive timeout or the peer ended it: nothing left to say, cut the link now.
+        if not data or self.session.peer_unresponsive:
+            # The peer ended it, or stopped answering (a silent partition: a graceful close would
+            # wait for it in vain): cut the link now.
             transport.abortConnection()
             return
         transport.write(data)

@@ -86,6 +86,9 @@ class Session:
     """One yamux session. ``client`` picks odd stream ids (the connection's initiator)."""
 
     def __init__(self, client: bool, config: MuxConfig | None = None) -> None:
+        #: Set when the session ended because the peer stopped answering pings: nothing we
+        #: still had to send can reach it, so the connection is cut rather than closed.
+        self.peer_unresponsive = False
         self.client = client
         self.config = config if config is not None else MuxConfig()
         self._window = self.config.stream_window
@@ -278,6 +281,7 @@ class Session:
         limit = self.config.keepalive_missed_limit
         if missed >= limit:
             events: list[Event] = []
+            self.peer_unresponsive = True
             self._terminate(
                 GoAwayCode.INTERNAL_ERROR,
                 f"keepalive timeout: {missed} pings unanswered",

@@ -318,6 +318,21 @@ def test_keepalive_ends_a_silent_link() -> None:
     assert client.lost is not None and "keepalive" in client.lost.getErrorMessage()
 
 
+def test_keepalive_timeout_cuts_the_link_even_with_frames_queued() -> None:
+    """A silent partition: a stream opened at the last moment can never be sent; no graceful wait."""
+    config = MuxConfig(keepalive_interval=5.0, keepalive_missed_limit=3)
+    factory, _ = collecting_factory()
+    link = Link(server_factory=factory, config=config)
+    link.run()
+    aborted: list[bool] = []
+    link.client_io.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    for _ in range(3):
+        link.clock.advance(5.0)
+    link.client.session.ping(link.clock.seconds())  # a frame still queued when the timeout hits
+    link.clock.advance(5.0)
+    assert aborted == [True]
+
+
 def test_ping_reports_round_trip() -> None:
     link = Link()
     rtts: list[float] = []
