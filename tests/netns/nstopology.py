@@ -19,6 +19,11 @@ the public side and the backplane port from the trusted side, nothing else.
 The test process itself can act as a host in any namespace: ``socket_in`` creates a socket in a
 namespace (a socket belongs to the namespace it was created in, whatever thread uses it later), so
 clients and probes need no extra process. Gateways and backends run under ``ip netns exec``.
+
+Other tests build topologies of their own from the same pieces (``Namespaces.add``, ``add_veth``,
+``add_bridge``, ``hosts_file``) and run their processes with ``Lab``. A namespace of any role
+``shn<pid>x<n>-<role>`` is ours, and is deleted as stale once the run that made it is gone, with
+its ``/etc/netns/<name>`` folder.
 """
 
 from __future__ import annotations
@@ -45,10 +50,12 @@ _SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 IP = shutil.which("ip", path=_SBIN_PATH)
 IPTABLES = shutil.which("iptables", path=_SBIN_PATH)
 NETNS_DIR = Path("/run/netns")
+#: ``ip netns exec NAME`` bind-mounts every file of /etc/netns/NAME over the one of /etc.
+ETC_NETNS = Path("/etc/netns")
 
 PREFIX = "shn"
 #: Every namespace this module creates: shn<pid>x<n>-<role>.
-_OURS = re.compile(rf"^{PREFIX}(\d+)x(\d+)-(public|dmz|trusted|probe)$")
+_OURS = re.compile(rf"^{PREFIX}(\d+)x(\d+)-([a-z][a-z0-9-]*)$")
 _counter = itertools.count()
 
 CLONE_NEWNET = 0x40000000
@@ -69,10 +76,10 @@ class Veth:
 
     left: str
     left_if: str
-    left_ip: str
+    left_ip: str | None  # None: no address (a bridge port)
     right: str
     right_if: str
-    right_ip: str
+    right_ip: str | None
     prefix_len: int = 24
 
 
@@ -131,6 +138,16 @@ def remove_stale() -> list[str]:
                     pass
             subprocess.run([IP, "netns", "delete", name], capture_output=True)  # type: ignore[list-item]
             removed.append(name)
+    # /etc/netns/<name> folders (hosts files) of runs that are gone, their namespace deleted or not.
+    if ETC_NETNS.is_dir():
+        for folder in ETC_NETNS.iterdir():
+            match = _OURS.match(folder.name)
+            if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+                shutil.rmtree(folder, ignore_errors=True)
+                try:
+                    ETC_NETNS.rmdir()  # only when empty
+                except OSError:
+                    pass
     return removed
 
 
@@ -186,6 +203,8 @@ class Namespaces:
 
     tag: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}x{next(_counter)}-")
     created: list[str] = field(default_factory=list)
+    veths: list[Veth] = field(default_factory=list)
+    etc_folders: list[Path] = field(default_factory=list)  # /etc/netns/<name> made by hosts_file
 
     def name(self, role: str) -> str:
         """The namespace name of ``role`` (public, dmz or trusted)."""
@@ -194,26 +213,81 @@ class Namespaces:
     # -- set-up and tear-down -----------------------------------------------------------------
 
     def create(self) -> "Namespaces":
-        assert IP is not None
+        """The public / DMZ / trusted topology of the module docstring."""
         for role in ("public", "dmz", "trusted"):
-            run([IP, "netns", "add", self.name(role)])
-            self.created.append(self.name(role))
-            self.ip(role, "link", "set", "lo", "up")
+            self.add(role)
         for veth in VETHS.values():
-            left, right = self.name(veth.left), self.name(veth.right)
-            run([IP, "link", "add", veth.left_if, "netns", left, "type", "veth",
-                 "peer", "name", veth.right_if, "netns", right])
-            for role, interface, address in ((veth.left, veth.left_if, veth.left_ip),
-                                             (veth.right, veth.right_if, veth.right_ip)):
-                self.ip(role, "addr", "add", f"{address}/{veth.prefix_len}", "dev", interface)
-                self.ip(role, "link", "set", interface, "up")
+            self.add_veth(veth)
         return self
 
+    def add(self, role: str) -> str:
+        """A new namespace for ``role``, its loopback up; returns its name."""
+        assert IP is not None
+        run([IP, "netns", "add", self.name(role)])
+        self.created.append(self.name(role))
+        self.ip(role, "link", "set", "lo", "up")
+        return self.name(role)
+
+    def add_veth(self, veth: Veth) -> None:
+        """A veth pair between two namespaces of this topology, addressed (unless None) and up."""
+        assert IP is not None
+        left, right = self.name(veth.left), self.name(veth.right)
+        run([IP, "link", "add", veth.left_if, "netns", left, "type", "veth",
+             "peer", "name", veth.right_if, "netns", right])
+        for role, interface, address in ((veth.left, veth.left_if, veth.left_ip),
+                                         (veth.right, veth.right_if, veth.right_ip)):
+            if address is not None:
+                self.ip(role, "addr", "add", f"{address}/{veth.prefix_len}", "dev", interface)
+            self.ip(role, "link", "set", interface, "up")
+        self.veths.append(veth)
+
+    def add_bridge(self, role: str, bridge: str, ports: list[str]) -> None:
+        """A bridge in ``role`` (a switch) with ``ports`` (veth ends already in ``role``) enslaved.
+
+        IGMP snooping is off: the bridge floods multicast to every port, as a plain switch
+        does, whether or not some querier on the segment keeps group memberships fresh.
+        """
+        self.ip(role, "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+        for port in ports:
+            self.ip(role, "link", "set", port, "master", bridge)
+        self.ip(role, "link", "set", bridge, "up")
+
+    def hosts_file(self, role: str, text: str) -> Path:
+        """Write /etc/netns/<name>/hosts: the /etc/hosts of processes started in ``role`` from now on.
+
+        ``ip netns exec`` bind-mounts the file over /etc/hosts when it starts a process, so
+        the file must exist before the process starts. Later writes are made in place (truncate
+        and write, one inode), so running processes see them at their next look-up: a new file
+        renamed over it would leave them the old inode. ``delete`` removes the whole folder.
+        """
+        folder = ETC_NETNS / self.name(role)
+        if folder not in self.etc_folders:
+            for attempt in range(3):  # another run may remove an empty /etc/netns meanwhile (see delete)
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+            self.etc_folders.append(folder)
+        path = folder / "hosts"
+        with open(path, "w") as hosts:  # O_TRUNC: the same inode
+            hosts.write(text)
+        return path
+
     def delete(self) -> None:
-        """Delete every namespace made here (their veths go with them); never raises."""
+        """Delete every namespace made here (their veths go with them) and its /etc/netns folder; never raises."""
         for name in reversed(self.created):
             subprocess.run([IP, "netns", "delete", name], capture_output=True)  # type: ignore[list-item]
         self.created.clear()
+        for folder in self.etc_folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        if self.etc_folders:
+            try:
+                ETC_NETNS.rmdir()  # only when empty: other runs' and the system's folders stay
+            except OSError:
+                pass
+        self.etc_folders.clear()
 
     # -- commands inside a namespace ----------------------------------------------------------
 
@@ -307,9 +381,9 @@ class Namespaces:
         source = sock.getsockname()[0]
         mine = {"127.0.0.1"} | {
             address
-            for veth in VETHS.values()
+            for veth in self.veths
             for side, address in ((veth.left, veth.left_ip), (veth.right, veth.right_ip))
-            if side == role
+            if side == role and address is not None
         }
         assert source in mine, f"socket of namespace {role} has source address {source}, not one of {sorted(mine)}"
 
@@ -503,6 +577,60 @@ class ShieldNet:
 
     def close(self) -> None:
         """Kill every process, then delete the namespaces. Never raises."""
+        for process in reversed(list(self.processes.values())):
+            try:
+                process.kill()
+            except Exception:  # noqa: BLE001 - keep cleaning up
+                pass
+        self.ns.delete()
+
+
+# -- any topology: processes in namespaces ---------------------------------------------------------
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text exposition: ``'name{labels}'`` (as written) -> value; comments skipped."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        values[series] = float(value)
+    return values
+
+
+@dataclass
+class Lab:
+    """Processes (gateways, backends) run in the namespaces of ``ns``; logs in ``folder``."""
+
+    folder: Path
+    ns: Namespaces
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def start(self, role: str, process: Process) -> Process:
+        """``process`` started inside ``role``'s namespace, under its own name."""
+        assert process.name not in self.processes, process.name
+        self.processes[process.name] = self.ns.process(role, process).start()
+        return self.processes[process.name]
+
+    def process(self, name: str) -> Process:
+        return self.processes[name]
+
+    def metrics(self, role: str, port: int) -> dict[str, float]:
+        """The /metrics of the admin endpoint on ``127.0.0.1:port`` in ``role``."""
+        status, body = self.ns.http_get(role, f"http://127.0.0.1:{port}/metrics")
+        assert status == 200, f"/metrics in {role}: {status} {body[:200]}"
+        return parse_metrics(body)
+
+    def tails(self, names: list[str] | None = None, size: int = 4000) -> str:
+        return "\n".join(
+            f"----- {name} log -----\n{process.log()[-size:]}"
+            for name, process in self.processes.items()
+            if names is None or name in names
+        )
+
+    def close(self) -> None:
+        """Kill every process, then delete the namespaces and their /etc/netns folders. Never raises."""
         for process in reversed(list(self.processes.values())):
             try:
                 process.kill()
