@@ -106,6 +106,8 @@ class DmzLinkProtocol(MuxProtocol):
             services=frozenset(accepted),
         )
         self.backplane.registry.add(self.link)
+        # A connector's GoAway makes the link unusable long before it closes: count it out now.
+        self.when_peer_goes_away().addCallback(lambda _: self.backplane.registry.changed())
         log.info(
             "link from {peer}: connector {identity!r} (priority {priority}, version {version}) serves {services}",
             peer=self.peer, identity=identity, priority=announce.priority, version=announce.version,

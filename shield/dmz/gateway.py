@@ -62,6 +62,7 @@ class DmzGateway(Service):
         self.ports: list[IListeningPort] = []
         self.admin_port: IListeningPort | None = None
         self.registry.on_change(self._update_link_metrics)
+        self._update_link_metrics()  # every configured connector shows, at 0 until it links
         self._started: Deferred[None] | None = None
         # Built now, so an unusable certificate stops the process (exit 2) before it listens.
         backplane = config.backplane

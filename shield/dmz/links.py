@@ -84,6 +84,10 @@ class LinkRegistry:
                 counts[link.connector] = counts.get(link.connector, 0) + 1
         return counts
 
+    def changed(self) -> None:
+        """A link's usability changed without it coming or going (GoAway): recount."""
+        self._changed()
+
     def _changed(self) -> None:
         for listener in self._listeners:
             listener()

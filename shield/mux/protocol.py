@@ -126,7 +126,7 @@ class MuxProtocol(Protocol):
         if self._connected and not self._going_away:
             self._going_away = True
             self.session.go_away()
-            self.log.info("mux {peer}: going away, {n} streams still open", peer=self._peer(), n=len(self.streams))
+            self.log.info("mux {peer}: going away, open streams: {n}", peer=self._peer(), n=len(self.streams))
             self.schedule_flush(None)
             self._close_if_drained()
         return closed
