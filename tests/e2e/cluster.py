@@ -83,14 +83,31 @@ class Cluster:
             lines.append(f'accept = ["ws://{host}:{self.balancer_ws}/echo"]')
         return self.topology.write(f"{member}.toml", "\n".join(lines) + "\n")
 
-    def write_connector(self, name: str, backend: str, priority: int = 100) -> Path:
-        connect = [f"tls://127.0.0.1:{self.port(f'backplane-{m}')}" for m in self.members]
+    def member_ws_url(self, member: str) -> str:
+        """The member's own WebSocket accept of service echo (where a redirect sends clients)."""
+        return f"ws://127.0.0.1:{self.port(f'ws-{member}')}/echo"
+
+    def member_tcp(self, member: str) -> tuple[str, int]:
+        """The member's own TCP accept of service echo."""
+        return "127.0.0.1", self.port(f"tcp-{member}")
+
+    def write_connector(
+        self,
+        name: str,
+        backend: str,
+        priority: int = 100,
+        members: list[str] | None = None,
+        grace: float = 10,
+    ) -> Path:
+        """``members``: the DMZ members whose backplanes it dials (default: all of them)."""
+        dialled = self.members if members is None else members
+        connect = [f"tls://127.0.0.1:{self.port(f'backplane-{m}')}" for m in dialled]
         lines = [
             "[internal]",
             f'name = "{name}"',
             f'admin = "{self.admin(name)}"',
             f"priority = {priority}",
-            "grace-period = 10",
+            f"grace-period = {grace:g}",
             "[internal.backplane]",
             f"connect = {toml_list(connect)}",
             'server-name = "localhost"',
