@@ -105,6 +105,14 @@ class Relay:
         b.consumer.registerProducer(a.producer, True)
         a.consumer.registerProducer(b.producer, True)
 
+    @property
+    def sides(self) -> tuple[Side, Side]:
+        return self._sides
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
     def _index(self, side: Side) -> int:
         return 0 if side is self._sides[0] else 1
 
@@ -137,6 +145,10 @@ class Relay:
         if self._gone[i]:
             return
         self._gone[i] = True
+        if self._eof[i]:
+            # It had finished sending (EOF came first): everything it said has been passed on,
+            # so the other side ends cleanly and keeps those bytes (a reset would discard them).
+            clean = True
         other = self._sides[1 - i]
         if not self._gone[1 - i]:
             self._gone[1 - i] = True

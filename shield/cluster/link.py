@@ -162,7 +162,12 @@ class IncomingStream(Handover):
             raise ClusterWireError(f"unknown stream type {str(kind)[:40]!r}")
 
     def _forward(self, request: ForwardRequest) -> None:
-        reply, inner = self.link.node.serve_forward(request, self.link.peer_name or "?")
+        try:
+            reply, inner = self.link.node.local.serve_forward(request, self.link.peer_name or "?")
+        except Exception:
+            # One client the member could not take must not cost the link and its other clients.
+            log.failure("cluster: forwarded client of {service!r} from {name}: internal error", service=request.service, name=self.link.peer_name)
+            reply, inner = ForwardReply(502, "internal error on the member"), None
         self.transport.write(encode(reply.to_json()))
         if inner is None:
             self.transport.loseConnection()

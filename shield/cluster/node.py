@@ -159,7 +159,7 @@ class ClusterNode:
             self.discovery.stop()  # type: ignore[attr-defined]
         stopping = [service.stopService() for service in self._dialers.values()]
         for link in list(self.links):
-            link.abort("member shutting down")
+            link.close("member shutting down")  # the last close frames of forwarded clients go out
         if self.port is not None:
             stopping.append(self.port.stopListening())
         from twisted.internet.defer import DeferredList

@@ -83,7 +83,7 @@ class BalancerFront:
                 self.relays.discard(holder[0])
 
         relay = stream.join(lambda side: Relay(client, side, self._to_backend, self._to_client, finished))
-        if not relay._finished:
+        if not relay.finished:
             holder.append(relay)
             self.relays.add(relay)
         return relay

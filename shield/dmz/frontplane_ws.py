@@ -14,11 +14,12 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import USES_NVX
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from shield.config.model import DmzService
 from shield.dmz.service import ServiceFront
@@ -87,6 +88,7 @@ class WebSocketSide:
         self.protocol.sendCloseFrame(code=code, reasonUtf8=_close_reason(reason), isReply=False)
 
 
+@implementer(IHalfCloseableProtocol)
 class PublicWebSocketProtocol(WebSocketServerProtocol):
     """One public WebSocket client of one service."""
 
@@ -143,9 +145,20 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         # twisted.web's channel registered itself as the producer of this socket; the tunnel
         # stream takes its place so backpressure flows between the client and the stream.
         if getattr(self.transport, "producer", None) is not None:
-            self.transport.unregisterProducer()
+            self.transport.unregisterProducer()  # socket, TLS and mux stream transports alike
         self._side = WebSocketSide(self)
         self._relay = self.front.relay(tunnel, self._side, self.client, "ws")
+
+    def readConnectionLost(self) -> None:
+        """The input ended without a close frame: the client vanished, or (for a client a
+        balancer forwarded here) its balancer is shutting down. Say goodbye with a reason."""
+        if self.state == self.STATE_OPEN:
+            reason = "input closed without a WebSocket close (client gone, or its balancer is shutting down)"
+            self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=_close_reason(reason), isReply=False)
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._relay is not None and payload:

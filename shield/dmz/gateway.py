@@ -39,6 +39,9 @@ from shield.tls.contexts import (
 
 log = Logger(namespace="shield.dmz")
 
+#: Seconds a member has to close the clients it serves for this balancer once the grace is over.
+CLOSE_LINGER = 2.0
+
 
 class DmzGateway(Service):
     """Everything one ``shield-dmz`` process runs."""
@@ -270,13 +273,22 @@ class DmzGateway(Service):
         done: Deferred[None] = Deferred()
         deadline = self.reactor.seconds() + max(0.0, grace)
 
+        ending: list[bool] = []
+
         def check() -> None:
             relays = [relay for front in self.balancers.values() for relay in front.relays]
             if not relays:
                 done.callback(None)
-            elif self.reactor.seconds() >= deadline:
+            elif self.reactor.seconds() >= deadline + CLOSE_LINGER:
+                done.callback(None)  # the member never answered: the link closes under them
+            elif self.reactor.seconds() >= deadline and not ending:
+                # The client's WebSocket session lives on the member that serves it, so only that
+                # member can say goodbye: end the client's input there, and it closes with 1001.
+                ending.append(True)
                 log.warn("grace period over: closing {n} balanced clients", n=len(relays))
-                done.callback(None)
+                for relay in relays:
+                    relay.eof(relay.sides[0])
+                self.reactor.callLater(0.05, check)
             else:
                 self.reactor.callLater(0.05, check)
 

@@ -60,7 +60,7 @@ class ServiceFront:
                 self.relays.discard(holder[0])
 
         relay = tunnel.start_relay(public, self._to_backend, self._to_client, finished)
-        if not relay._finished:
+        if not relay.finished:
             holder.append(relay)
             self.relays.add(relay)
         return relay

@@ -147,6 +147,17 @@ class MuxProtocol(Protocol):
         self._peer_away_waiters.append(waiter)
         return waiter
 
+    def close(self, reason: str, linger: float = 2.0) -> None:
+        """Send what is queued, then close the link without waiting for open streams (they end
+        with ``reason``); cut it if the peer has not let go after ``linger`` seconds."""
+        if not self._connected or self.transport is None:
+            return
+        if self._close_reason is None:
+            self._close_reason = reason
+        self._flush()
+        self._close_transport()
+        self._clock.callLater(linger, self._abort_if_connected)
+
     def abort(self, reason: str) -> None:
         """Cut the link now; every stream ends with ``reason``."""
         if not self._connected or self.transport is None:
@@ -439,9 +450,20 @@ class MuxFactory(Factory):
         return protocol
 
 
+#: Twisted's words for how a connection ended, said briefly for logs and close reasons.
+_ENDINGS = {
+    "ConnectionDone": "connection closed",
+    "ConnectionLost": "connection lost",
+    "ConnectionAborted": "connection aborted",
+}
+
+
 def _describe(reason: Failure) -> str:
+    name = reason.type.__name__
+    if name in _ENDINGS:
+        return _ENDINGS[name]
     message = reason.getErrorMessage()
-    return f"{reason.type.__name__}: {message}" if message else reason.type.__name__
+    return f"{name}: {message}" if message else name
 
 
 __all__ = ["MuxFactory", "MuxProtocol", "MuxStream", "MuxStreamAddress"]

@@ -79,6 +79,7 @@ class MuxStream:
         self._pending_size = 0
         self._fin_requested = False
         self._fin_sent = False
+        self._write_closed = False  # loseWriteConnection was called
         self._producer: IProducer | None = None
         self._streaming = False
         self._producer_paused = False
@@ -103,7 +104,10 @@ class MuxStream:
     # -- ITransport ---------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._fin_requested or self._finished or not data:
+        # As with a socket, bytes written after loseConnection still go out before the FIN (a
+        # protocol's last words, such as a WebSocket close frame); after loseWriteConnection or
+        # once the FIN is out, nothing more can be said.
+        if self._write_closed or self._fin_sent or self._finished or not data:
             return
         self._pending.append(bytes(data))
         self._pending_size += len(data)
@@ -131,6 +135,7 @@ class MuxStream:
         """Half-close: FIN after the queued data; reading goes on."""
         if self._finished:
             return
+        self._write_closed = True
         self._request_fin()
 
     def abortConnection(self) -> None:
@@ -186,6 +191,11 @@ class MuxStream:
     def unregisterProducer(self) -> None:
         self._producer = None
         self._producer_paused = False
+
+    @property
+    def producer(self) -> IProducer | None:
+        """The registered producer, under the name Twisted's socket transports use."""
+        return self._producer
 
     # -- driven by the session host ------------------------------------------------------------
 

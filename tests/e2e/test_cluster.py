@@ -9,8 +9,7 @@ do. Which member served a client is read from the members' /metrics (``shield_st
 echo counts the clients a member served itself, whichever balancer sent them).
 
 The figures the product promises are measured and printed (run with -s to see them); the asserts
-use generous bounds so a busy 2-core machine does not make them flaky. Tests blocked by a known
-bug are xfail(strict=True) and name it (see "known bugs" below): remove the mark with the fix.
+use generous bounds so a busy 2-core machine does not make them flaky.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import pytest
 from cluster import Cluster
 from harness import Process, Topology, http_get, wait_ready
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 #: Generous bounds for a busy 2-core machine.
 WAIT = 30.0
@@ -50,43 +49,6 @@ GRACE = 5.0
 Address = tuple[str, int]
 
 
-# -- known bugs (each xfail below names the one that blocks it) -----------------------------------
-
-#: A member cannot take any forwarded client.
-FORWARD_BUG = (
-    "shield/cluster/link.py IncomingStream._forward calls self.link.node.serve_forward(...), but "
-    "ClusterNode has no serve_forward (the gateway has: node.local.serve_forward): every forwarded "
-    "client raises AttributeError in the serving member's dataReceived, which kills the member link "
-    "('member dmzX is gone: link lost', alive again 0.2 s later); the balancer then serves the client "
-    "itself, or refuses it when it cannot (so a balancer never sends anything to another member)"
-)
-#: A forwarded WebSocket client is upgraded but never echoed.
-WS_FORWARD_BUG = (
-    "shield/dmz/frontplane_ws.py PublicWebSocketProtocol.onOpen unregisters twisted.web's producer only "
-    "when the transport has a 'producer' attribute; a forwarded client's transport is a cluster-link "
-    "MuxStream, which keeps it in '_producer', so Relay() -> MuxStream.registerProducer raises "
-    "RuntimeError 'already has a producer: HTTPChannel' (logged as an unhandled error): the client got "
-    "101 but its messages go nowhere and it is never closed (a silent hang)"
-)
-
-#: Why a forwarded WebSocket client loses its close frame when its tunnel ends on the serving side.
-SERVING_SIDE_BUG = (
-    "shield/mux/stream.py MuxStream._finish calls producer.stopProducing() before "
-    "protocol.connectionLost(); for a forwarded ws client the tunnel stream's producer is the "
-    "client's own transport, a cluster-link MuxStream, whose stopProducing() is loseConnection(): "
-    "FIN requested, so the 1001 close frame that Relay.lost -> WebSocketSide.abort writes next is "
-    "dropped by MuxStream.write (it ignores data after loseConnection; a TCP transport still sends "
-    "it, which is why clients served by the member they connected to do get 1001). The balancer "
-    "sees a clean FIN with no close frame and closes the client: ws 1006, no reason"
-)
-#: Why a forwarded client is cut without a close frame when the balancer member drains.
-BALANCER_SIDE_BUG = (
-    "shield/dmz/gateway.py _drain: _balanced_clients_done only logs 'grace period over: closing N "
-    "balanced clients' and closes nothing; ClusterNode.stop() then aborts the member links, so the "
-    "relay of each forwarded client aborts it (ws: no close frame, 1006, no reason; tcp: RST); the "
-    "serving member's WebSocket session, which alone could send 1001, is never asked to close"
-)
-FORWARDED_DRAIN_BUG = f"{BALANCER_SIDE_BUG}; and {SERVING_SIDE_BUG}"
 
 
 # -- metrics and logs -------------------------------------------------------------------------------
@@ -361,7 +323,6 @@ def test_members_see_each_other(topology: Topology) -> None:
 # -- 2. proxy mode ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=f"{FORWARD_BUG}; {WS_FORWARD_BUG}")
 def test_proxy_balancer_spreads_clients_over_both_members(topology: Topology) -> None:
     """ws and tcp clients through either member's balancer echo; clients held open are shared
     by the fewest-clients rule; clients one after the other are served (ties go to the member
@@ -406,7 +367,6 @@ def test_proxy_balancer_spreads_clients_over_both_members(topology: Topology) ->
     assert sum(counted.values()) == 40, counted
 
 
-@pytest.mark.xfail(strict=True, reason=FORWARD_BUG)
 def test_forwarded_client_keeps_its_address(topology: Topology) -> None:
     """A client dmz1's balancer forwards to dmz2 shows up at dmz2 and at the connector with its own
     address, not the balancer's: seen in the refusal lines when the backend is down.
@@ -502,26 +462,6 @@ def test_redirect_mode_answers_302_to_a_member(topology: Topology) -> None:
     assert sum(balanced(cluster, "dmz2", m, "redirect") for m in cluster.members) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidURI,
-    reason="shield/dmz/balancer.py _location: the 302 Location is http://host:port/path (ws -> http, "
-    "wss -> https, as docs/configuration.md says), but the websockets client only follows ws:// or "
-    "wss:// Locations: connect() raises InvalidURI \"scheme isn't ws or wss\" instead of following",
-)
-def test_redirect_mode_websockets_client_follows(topology: Topology) -> None:
-    """The websockets library's connect() follows the balancer's 302 and echoes."""
-    cluster = cluster_setup(topology, mode="redirect")
-
-    async def run() -> bytes:
-        host, port = cluster.balancer_addresses("ws")[0]
-        async with connect(f"ws://{host}:{port}/echo", proxy=None, open_timeout=WAIT) as ws:
-            await ws.send(b"followed\n")
-            return await asyncio.wait_for(ws.recv(), WAIT)  # type: ignore[return-value]
-
-    assert asyncio.run(run()) == b"followed\n"
-
-
 # -- 4. no member can serve -------------------------------------------------------------------------
 
 
@@ -575,7 +515,6 @@ def test_no_member_can_serve_is_503_for_ws_and_a_close_for_tcp(topology: Topolog
 # -- 5. a member's SIGKILL ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=f"{FORWARD_BUG}; {WS_FORWARD_BUG}")
 def test_member_sigkill_the_other_member_serves(topology: Topology) -> None:
     """dmz1 is busy, so its balancer sends new clients to dmz2; kill -9 dmz2: new clients through
     dmz1's balancer are served by dmz1 at once."""
@@ -855,7 +794,6 @@ def rolling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rolling]:
         topology.close()
 
 
-@pytest.mark.xfail(strict=True, reason=f"{FORWARD_BUG}; {WS_FORWARD_BUG}")
 def test_rolling_restart_no_new_connection_fails(rolling: Rolling) -> None:
     """Every member and every connector restarted in turn under a new connection every 20 ms:
     not one new connection fails (clients move to the next address only on a refusal).
@@ -884,7 +822,6 @@ def test_rolling_restart_long_lived_clients_never_hang(rolling: Rolling) -> None
         )
 
 
-@pytest.mark.xfail(strict=True, reason=f"{FORWARD_BUG}; {WS_FORWARD_BUG}; {FORWARDED_DRAIN_BUG}")
 def test_rolling_restart_long_lived_clients_end_with_a_reason(rolling: Rolling) -> None:
     """Long-lived clients keep echoing, or are closed with a reason (ws: 1001 and a reason; tcp: a
     close), never left hanging."""
@@ -911,9 +848,9 @@ def test_rolling_restart_every_process_exits_0_on_sigterm(rolling: Rolling) -> N
 @pytest.mark.parametrize(
     "draining",
     [
-        pytest.param("dmz1", id="balancer-member-drains", marks=pytest.mark.xfail(strict=True, reason=f"{FORWARD_BUG}; {WS_FORWARD_BUG}; {BALANCER_SIDE_BUG}")),
-        pytest.param("dmz2", id="serving-member-drains", marks=pytest.mark.xfail(strict=True, reason=f"{FORWARD_BUG}; {WS_FORWARD_BUG}; {SERVING_SIDE_BUG}")),
-        pytest.param("c1", id="connector-drains", marks=pytest.mark.xfail(strict=True, reason=f"{FORWARD_BUG}; {WS_FORWARD_BUG}; {SERVING_SIDE_BUG}")),
+        pytest.param("dmz1", id="balancer-member-drains"),
+        pytest.param("dmz2", id="serving-member-drains"),
+        pytest.param("c1", id="connector-drains"),
     ],
 )
 def test_drain_closes_forwarded_clients_with_a_reason(topology: Topology, draining: str) -> None:
