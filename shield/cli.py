@@ -1,4 +1,4 @@
-"""The ``shield`` command: check a config, make dev certificates, run the demo, be a test client."""
+"""The ``shield`` command: check a config, make dev certificates, hash a token, run the demo, be a test client."""
 
 from __future__ import annotations
 
@@ -56,6 +56,19 @@ def certs_dev(out: str, dmz_names: list[str], connectors: list[str]) -> int:
     return 0
 
 
+def hash_token() -> int:
+    """Read a token from standard input (never the command line: shells and ps keep those) and
+    print the ``sha256:...`` line a service's ``tokens`` key takes."""
+    import hashlib
+
+    token = sys.stdin.readline().rstrip("\r\n")
+    if not token:
+        print("shield hash-token: no token on standard input", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print("sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shield", description="shield reverse tunnel tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     client = commands.add_parser("client", help="connect stdin/stdout to a ws://, wss://, tcp:// or tls:// URL")
     client.add_argument("url")
 
+    commands.add_parser("hash-token", help="print the sha256: form of a token read from standard input")
+
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)
@@ -83,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         from shield.demo import run_demo
 
         return run_demo(Path(args.dir))
+    if args.command == "hash-token":
+        return hash_token()
     if args.command == "client":
         from shield.client import run_client
 

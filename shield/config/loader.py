@@ -30,6 +30,7 @@ from shield.config.errors import ConfigError
 from shield.config.model import (
     BACKEND_SCHEMES,
     PUBLIC_SCHEMES,
+    ClientLimits,
     DmzBackplane,
     DmzCluster,
     DmzConfig,
@@ -58,6 +59,8 @@ __all__ = [
 MAX_LINKS = 64
 MAX_PRIORITY = 2**31 - 1
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+#: Streams one link may carry at once (the yamux stream ids allow far more; memory does not).
+MAX_STREAMS = 1 << 20
 #: The yamux window bounds, as in ``shield.mux.frames``: 256 KiB is the protocol's initial window.
 MIN_STREAM_WINDOW = 256 * 1024
 MAX_STREAM_WINDOW = 16 * 1024 * 1024
@@ -76,24 +79,34 @@ _WS_SCHEMES = frozenset({"ws", "wss"})
 _TLS_PUBLIC_SCHEMES = frozenset({"wss", "tls"})
 
 _TOP_KEYS = ("properties", "dmz", "internal")
-_DMZ_KEYS = ("name", "admin", "grace-period", "open-timeout", "backplane", "cluster", "service")
+_DMZ_KEYS = (
+    "name", "admin", "grace-period", "open-timeout", "backplane", "cluster", "limits", "service",
+)  # fmt: skip
+_LIMIT_KEYS = (
+    "max-connections", "max-connections-per-source", "handshake-timeout", "idle-timeout",
+    "bytes-per-second",
+)  # fmt: skip
+_AUTH_KINDS = ("none", "token", "mtls")
+_TOKEN_HASH = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _DMZ_CLUSTER_KEYS = ("name", "accept", "members", "connect", "heartbeat-interval", "member-names")
 _DMZ_BACKPLANE_KEYS = (
     "accept", "cert", "ca", "connectors",
-    "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max",
+    "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max", "max-streams",
 )  # fmt: skip
 _DMZ_SERVICE_KEYS = (
     "name", "accept", "allow-origin", "max-message-size", "ws-ping-interval", "open-timeout",
-    "cert", "type", "mode", "balance",
-)  # fmt: skip
+    "cert", "type", "mode", "balance", "auth", "tokens", "client-ca",
+) + _LIMIT_KEYS  # fmt: skip
 _SERVICE_TYPES = ("tunnel", "balancer")
 _BALANCER_MODES = ("proxy", "redirect")
 _WS_ONLY_KEYS = ("allow-origin", "max-message-size", "ws-ping-interval")
-_INTERNAL_KEYS = ("name", "admin", "priority", "grace-period", "backplane", "service")
+_INTERNAL_KEYS = (
+    "name", "admin", "priority", "grace-period", "max-pending-opens", "backplane", "service",
+)  # fmt: skip
 _INTERNAL_BACKPLANE_KEYS = (
     "connect", "server-name", "links", "cert", "ca",
     "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max",
-    "resolve-interval",
+    "resolve-interval", "max-streams",
 )  # fmt: skip
 _INTERNAL_SERVICE_KEYS = ("name", "connect", "connect-timeout", "ca", "server-name")
 _TLS_BACKEND_KEYS = ("ca", "server-name")
@@ -569,11 +582,13 @@ def _build_dmz(data: dict[str, Any], source: Path) -> DmzConfig:
     cluster = None
     if top.has("cluster"):
         cluster = _dmz_cluster(top.table("cluster", _DMZ_CLUSTER_KEYS), name, backplane)
+    limits = _limits(top.table("limits", _LIMIT_KEYS), _default(DmzConfig, "limits")) if top.has("limits") \
+        else _default(DmzConfig, "limits")
     listeners = _fixed_listeners(top, admin, backplane, cluster)
     services: list[DmzService] = []
     seen: dict[str, str] = {}
     for table in top.tables("service", _DMZ_SERVICE_KEYS):
-        service, accept_paths = _dmz_service(table, _service_name(table, seen), open_timeout)
+        service, accept_paths = _dmz_service(table, _service_name(table, seen), open_timeout, limits)
         if service.is_balancer and cluster is None:
             raise ConfigError(
                 table.at("type"), "a balancer needs a [dmz.cluster]: it sends clients to members"
@@ -591,6 +606,7 @@ def _build_dmz(data: dict[str, Any], source: Path) -> DmzConfig:
         grace_period=grace,
         open_timeout=open_timeout,
         cluster=cluster,
+        limits=limits,
         source=source,
     )
 
@@ -670,6 +686,7 @@ def _dmz_backplane(table: _Table) -> tuple[DmzBackplane, dict[str, list[str]]]:
         keepalive=_keepalive(table),
         stream_window=(window := _stream_window(table, DmzBackplane)),
         stream_window_max=_stream_window_max(table, DmzBackplane, window),
+        max_streams=table.integer("max-streams", _default(DmzBackplane, "max_streams"), 1, MAX_STREAMS),
     )
     return backplane, paths
 
@@ -699,7 +716,7 @@ def _check_connector_services(
 
 
 def _dmz_service(
-    table: _Table, name: str, default_open_timeout: float
+    table: _Table, name: str, default_open_timeout: float, gateway_limits: ClientLimits
 ) -> tuple[DmzService, list[str]]:
     """The service, and the key path of each of its accept URIs."""
     accepts = table.uris("accept", PUBLIC_SCHEMES)
@@ -749,8 +766,61 @@ def _dmz_service(
         type=kind,
         mode=mode,
         balance=balance,
+        limits=_limits(table, dataclasses.replace(gateway_limits, max_connections=_default(ClientLimits, "max_connections"))),
+        **_auth(table, schemes, kind),
     )
     return service, [path for _, path in accepts]
+
+
+def _limits(table: _Table, defaults: ClientLimits) -> ClientLimits:
+    """Client limits of ``[dmz.limits]`` or of one service (which inherits the gateway's)."""
+    return ClientLimits(
+        max_connections=table.integer("max-connections", defaults.max_connections, 0, None),
+        max_connections_per_source=table.integer(
+            "max-connections-per-source", defaults.max_connections_per_source, 0, None
+        ),
+        handshake_timeout=table.seconds(
+            "handshake-timeout", defaults.handshake_timeout, zero_allowed=False
+        ),
+        idle_timeout=table.seconds("idle-timeout", defaults.idle_timeout, zero_allowed=True),
+        bytes_per_second=table.integer("bytes-per-second", defaults.bytes_per_second, 0, None),
+    )
+
+
+def _auth(table: _Table, schemes: set[str], kind: str) -> dict[str, Any]:
+    """``auth`` with its ``tokens`` or ``client-ca``; each kind only where it can work."""
+    auth = _choice(table, "auth", _AUTH_KINDS, "none")
+    found: dict[str, Any] = {"auth": auth}
+    if auth != "token":
+        table.reject_if_present(("tokens",), 'only used with auth = "token"')
+    if auth != "mtls":
+        table.reject_if_present(("client-ca",), 'only used with auth = "mtls"')
+    if auth == "token":
+        if kind == "balancer":
+            raise ConfigError(table.at("auth"), "a balancer passes tokens on: the member's service checks them")
+        if schemes - _WS_SCHEMES:
+            raise ConfigError(
+                table.at("auth"), "tokens arrive in an HTTP header or query: only ws:// and "
+                "wss:// accepts can carry them (use auth = \"mtls\" with tls://)"
+            )  # fmt: skip
+        hashes = []
+        for text, path in table.strings("tokens", _MISSING):
+            match = _TOKEN_HASH.fullmatch(text)
+            if match is None:
+                raise ConfigError(
+                    path, "expected 'sha256:' and 64 hex digits, the SHA-256 of a token "
+                    "(shield hash-token prints it); tokens themselves never go in the file"
+                )  # fmt: skip
+            hashes.append(bytes.fromhex(match.group(1)))
+        found["token_hashes"] = tuple(hashes)
+    if auth == "mtls":
+        if schemes - _TLS_PUBLIC_SCHEMES:
+            raise ConfigError(
+                table.at("auth"), "client certificates need TLS: only wss:// and tls:// accepts "
+                "can require them"
+            )  # fmt: skip
+        found["client_ca"] = table.file("client-ca", " (auth = \"mtls\": the CA that signs client certificates)")
+    return found
 
 
 def _choice(table: _Table, key: str, choices: tuple[str, ...], default: str) -> str:
@@ -865,6 +935,9 @@ def _build_internal(data: dict[str, Any], source: Path) -> InternalConfig:
     grace = top.seconds(
         "grace-period", _default(InternalConfig, "grace_period"), zero_allowed=False
     )
+    pending = top.integer(
+        "max-pending-opens", _default(InternalConfig, "max_pending_opens"), 1, MAX_STREAMS
+    )
     backplane = _internal_backplane(top.table("backplane", _INTERNAL_BACKPLANE_KEYS))
     seen: dict[str, str] = {}
     services = tuple(
@@ -878,6 +951,7 @@ def _build_internal(data: dict[str, Any], source: Path) -> InternalConfig:
         admin=admin,
         priority=priority,
         grace_period=grace,
+        max_pending_opens=pending,
         source=source,
     )
 
@@ -894,6 +968,9 @@ def _internal_backplane(table: _Table) -> InternalBackplane:
         stream_window_max=_stream_window_max(table, InternalBackplane, window),
         resolve_interval=table.seconds(
             "resolve-interval", _default(InternalBackplane, "resolve_interval"), zero_allowed=True
+        ),
+        max_streams=table.integer(
+            "max-streams", _default(InternalBackplane, "max_streams"), 1, MAX_STREAMS
         ),
     )
 

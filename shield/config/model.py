@@ -44,6 +44,17 @@ class KeepaliveSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """What one public client, or one source address, may take; 0 means no limit."""
+
+    max_connections: int = 10000  # open clients of a service (or of the gateway, globally)
+    max_connections_per_source: int = 256  # open clients from one IP address
+    handshake_timeout: float = 10.0  # TLS handshake and request head must be done by then
+    idle_timeout: float = 0.0  # no payload either way for this long closes the client; 0: never
+    bytes_per_second: int = 0  # toward each client (Kaazing's tcp.maximum.outbound.rate); 0: no cap
+
+
+@dataclass(frozen=True, slots=True)
 class DmzService:
     name: str
     accept: tuple[Uri, ...]
@@ -55,6 +66,10 @@ class DmzService:
     type: str = "tunnel"  # "tunnel" (clients go to a connector) or "balancer" (to a cluster member)
     mode: str = "proxy"  # balancers only: "redirect" (HTTP 302) or "proxy" (spliced by the balancer)
     balance: tuple[Uri, ...] = ()  # tunnels only: balancer accepts that may send clients here
+    auth: str = "none"  # "none", "token" (Bearer / access_token) or "mtls" (client certificate)
+    token_hashes: tuple[bytes, ...] = ()  # SHA-256 digests of the accepted tokens (auth = "token")
+    client_ca: Path | None = None  # CA of client certificates (auth = "mtls")
+    limits: ClientLimits = ClientLimits()
 
     @property
     def is_balancer(self) -> bool:
@@ -82,6 +97,7 @@ class DmzBackplane:
     keepalive: KeepaliveSettings = KeepaliveSettings()
     stream_window: int = 262144
     stream_window_max: int = 4194304  # a stream whose reader keeps up may grow its window to this
+    max_streams: int = 16384  # open streams per link
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +109,7 @@ class DmzConfig:
     grace_period: float = 30.0
     open_timeout: float = 10.0
     cluster: DmzCluster | None = None
+    limits: ClientLimits = ClientLimits(max_connections=50000)  # the whole gateway
     source: Path | None = None
 
 
@@ -107,6 +124,7 @@ class InternalBackplane:
     stream_window: int = 262144
     stream_window_max: int = 4194304  # a stream whose reader keeps up may grow its window to this
     resolve_interval: float = 30.0  # seconds between DNS look-ups of connect host names
+    max_streams: int = 16384  # open streams per link
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,4 +144,5 @@ class InternalConfig:
     admin: Uri | None = None
     priority: int = 100
     grace_period: float = 30.0
+    max_pending_opens: int = 256  # stream opens waiting for a backend, per DMZ link
     source: Path | None = None

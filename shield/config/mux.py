@@ -13,4 +13,5 @@ def mux_config_for(backplane: DmzBackplane | InternalBackplane) -> MuxConfig:
         max_stream_window=backplane.stream_window_max,
         keepalive_interval=backplane.keepalive.interval,
         keepalive_missed_limit=backplane.keepalive.misses,
+        max_streams=backplane.max_streams,
     )
