@@ -50,6 +50,12 @@ class Metrics:
             ["service", "member", "mode"],
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "shield_refusals",
+            "Clients or streams refused by a limit, per service and limit",
+            ["service", "limit"],
+            registry=self.registry,
+        )
 
     def byte_counter(self, service: str, direction: str):  # type: ignore[no-untyped-def]
         """A fast callable adding to one bytes series (labels resolved once, not per chunk)."""
