@@ -872,6 +872,7 @@ class _Listener:
     key_path: str
     owner: str  # "service 'echo'", "the backplane", "the admin endpoint"
     cert: Path | None = None
+    client_ca: Path | None = None  # auth = "mtls": the TLS handshake asks for a client certificate
 
 
 def _fixed_listeners(
@@ -889,7 +890,10 @@ def _fixed_listeners(
 
 def _service_listeners(service: DmzService, paths: list[str]) -> list[_Listener]:
     owner = f"service {service.name!r}"
-    return [_Listener(uri, path, owner, service.cert) for uri, path in zip(service.accept, paths)]
+    return [
+        _Listener(uri, path, owner, service.cert, service.client_ca)
+        for uri, path in zip(service.accept, paths)
+    ]
 
 
 def _check_listeners(listeners: list[_Listener]) -> None:
@@ -918,6 +922,12 @@ def _conflict(current: _Listener, earlier: _Listener) -> str | None:
             return (
                 f"{a} shares its listener with {b} of {where} but names another cert "
                 "(one listener has one certificate)"
+            )
+        if a.scheme == "wss" and current.client_ca != earlier.client_ca:
+            return (
+                f"{a} shares its listener with {b} of {where} but not its client certificate "
+                "check (auth = \"mtls\" and client-ca must be the same: the TLS handshake "
+                "comes before the path is known)"
             )
         return None
     return f"{a} conflicts with {b} of {where}: they cannot share one port"

@@ -41,7 +41,7 @@ from shield.config.model import (
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 PLACEHOLDERS = (
     "dmz1.pem", "ca.pem", "internal1.pem", "web.pem", "other.pem", "backend-ca.pem", "public.pem",
-    "db-ca.pem",
+    "db-ca.pem", "clients-ca.pem",
 )  # fmt: skip
 
 DMZ_EXAMPLE = """\
