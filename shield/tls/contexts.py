@@ -37,6 +37,7 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
 )
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     Certificate,
     KeyPair,
     PrivateCertificate,
@@ -76,7 +77,11 @@ _SERVER_OPTIONS = (
     | SSL.OP_NO_TICKET  # no resumption: every connection is verified from scratch
     | _NO_RENEGOTIATION
 )
-_CLIENT_EXTRA_OPTIONS: dict[str, Any] = {"raiseMinimumTo": TLSVersion.TLSv1_2}
+#: Twisted's own client defaults still offer CBC, static RSA and DHE suites on TLS 1.2; ours do not.
+_CLIENT_EXTRA_OPTIONS: dict[str, Any] = {
+    "raiseMinimumTo": TLSVersion.TLSv1_2,
+    "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS.decode("ascii")),
+}
 
 
 class TLSConfigError(ValueError):
@@ -401,13 +406,24 @@ def _server_verifier(
 
     Twisted's own callback would say only "certificate verify failed"; this one hands the
     connection a TLSVerificationError naming the certificate and the problem.
+
+    The handshake then fails the ordinary way, so OpenSSL sends the server its alert
+    ("certificate expired", "unknown ca", ...) and a shield DMZ logs that its certificate was
+    refused; ``failVerification`` would cut the TCP connection without any alert, leaving the
+    server only "connection lost".
     """
     protocol_ref = weakref.ref(tls_protocol)
 
     def fail(message: str) -> bool:
         protocol = protocol_ref()
         if protocol is not None:
-            protocol.failVerification(Failure(TLSVerificationError(message)))
+            failure = Failure(TLSVerificationError(message))
+            if getattr(protocol, "_reason", False) is None:
+                # TLSMemoryBIOProtocol reports a reason set before the handshake error instead
+                # of OpenSSL's, and flushes the alert before it closes the connection.
+                protocol._reason = failure
+            else:  # another TLS transport: Twisted's public way, without the alert
+                protocol.failVerification(failure)
         return False
 
     def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
@@ -438,7 +454,8 @@ def _server_verifier(
 class ClientConnectionCreator:
     """optionsForClientTLS's connection creator, with shield's own verify callback on each connection.
 
-    Everything else (trust root, client certificate, minimum version, SNI) is Twisted's.
+    Everything else (trust root, client certificate, minimum version, SNI) is Twisted's, except that
+    each connection also refuses a server's renegotiation request (Twisted's context allows it).
     """
 
     def __init__(self, inner: IOpenSSLClientConnectionCreator, server_name: str) -> None:
@@ -448,6 +465,7 @@ class ClientConnectionCreator:
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = self._inner.clientConnectionForTLS(tlsProtocol)
+        connection.set_options(_NO_RENEGOTIATION)
         connection.set_verify(
             SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
             _server_verifier(tlsProtocol, self.server_name, self._service_id),
@@ -553,10 +571,12 @@ def _describe_openssl_error(exc: SSL.Error) -> str:
             return f"TLS handshake failed: peer refused our certificate: alert {alert}"
         if alert == "internal error":
             # OpenSSL sends this when a verify callback refuses a certificate it found valid,
-            # which is how a shield DMZ refuses an unknown connector identity.
+            # which is how a shield DMZ refuses an unknown connector identity, a cluster member
+            # a certificate that is no member's, and a connector a DMZ certificate without its name.
             return (
                 "TLS handshake failed: peer sent alert internal error"
-                " (a shield DMZ sends this when it refuses our certificate's identity; its log says why)"
+                " (a shield DMZ sends this when it refuses our certificate's identity, a connector"
+                " when our certificate lacks the name it expects; its log says why)"
             )
         return f"TLS handshake failed: peer sent alert {alert}"
     if not reasons:
