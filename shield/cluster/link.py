@@ -96,8 +96,10 @@ class MemberLinkProtocol(MuxProtocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
+        never_up = self.peer_name is None
         super().connectionLost(reason)
-        self.node.link_lost(self, _describe(reason, self))
+        # A link that never got past TLS: say why in TLS terms (refused, alert, cut mid-handshake).
+        self.node.link_lost(self, describe_tls_failure(reason) if never_up else _describe(reason, self))
 
     @property
     def usable(self) -> bool:
@@ -173,6 +175,8 @@ class IncomingStream(Handover):
             self.transport.loseConnection()
             return
         self.transport.speaks_for = _address(request.client_host, request.client_port)  # type: ignore[attr-defined]
+        # A balancer that terminated TLS and verified a client certificate says whose it was.
+        self.transport.client_identity = request.metadata.get("client-identity")  # type: ignore[attr-defined]
         self.hand_to(inner, self._decoder.take_rest())
 
 

@@ -89,6 +89,7 @@ class ClusterNode:
         #: Clients forwarded to each peer since its last heartbeat: heartbeats are a second
         #: apart, and a burst must not all go to the member that was least busy a second ago.
         self._forwarded_since: dict[str, int] = {}
+        self._link_failures: dict[str, str] = {}  # endpoint -> last reason logged
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -188,12 +189,21 @@ class ClusterNode:
             return False
         self.links.add(link)
         self.membership.link_up(name)
+        self._link_failures.pop(link.endpoint, None)
         return True
 
     def link_lost(self, link: MemberLinkProtocol, reason: str) -> None:
         if link not in self.links:
-            if link.dialled and not self._stopping and link.endpoint not in self._self_endpoints:
-                log.debug("cluster: dial {endpoint} failed: {reason}", endpoint=link.endpoint, reason=reason)
+            # A link that never became a member link: refused in TLS (by us or by the peer), or
+            # cut during the handshake. Said once per endpoint until it works or the reason changes.
+            if not self._stopping and link.endpoint not in self._self_endpoints:
+                # An accepted link comes from a new port each time: one line per host.
+                key = link.endpoint if link.dialled else link.endpoint.rsplit(":", 1)[0]
+                if self._link_failures.get(key) != reason:
+                    self._link_failures[key] = reason
+                    direction = "to" if link.dialled else "from"
+                    log.warn("cluster {cluster}: no member link {direction} {endpoint}: {reason}",
+                             cluster=self.cluster_name, direction=direction, endpoint=link.endpoint, reason=reason)  # fmt: skip
             return
         self.links.discard(link)
         name = link.peer_name or "?"

@@ -21,6 +21,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from shield.cluster.link import ForwardFailed, ForwardStream
+from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, host_of, http_response
+from shield.dmz.auth import check_client_certificate, client_identity
 from shield.cluster.membership import Candidate
 from shield.cluster.messages import ForwardRequest
 from shield.config.model import DmzService, Uri
@@ -36,12 +38,7 @@ log = Logger(namespace="shield.dmz.balancer")
 
 #: An HTTP request head larger than this is refused (431) before any member is chosen.
 MAX_HEAD = 16384
-#: A client must send its whole request head within this many seconds (slowloris).
-HEAD_TIMEOUT = 10.0
 
-_PHRASES = {302: "Found", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
-            431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
-            504: "Gateway Timeout"}  # fmt: skip
 
 
 class BalancerFront:
@@ -53,11 +50,14 @@ class BalancerFront:
         node: "ClusterNode",
         metrics: Metrics,
         local: Callable[[str, str, IAddress], IProtocol | None],
+        gate: ClientGate,
     ) -> None:
         self.config = config
         self.name = config.name
         self.node = node
         self.metrics = metrics
+        self.gate = gate
+        self.clock = gate.clock
         self.local = local  # (service, kind, client address) -> protocol serving it here, or None
         self.relays: set[Relay] = set()
         self._to_backend = metrics.byte_counter(self.name, TO_BACKEND)
@@ -117,10 +117,39 @@ class _BalancedClient(Handover):
         self._gone = False
         self._placed = False
         self._metadata: dict[str, str] = {}
+        self.connection_ticket: Ticket | None = None  # the gateway's count, taken at accept
+        self.gate: ClientGate  # set by the factory
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
         self.client = describe_address(self.transport.getPeer())
+        if self.connection_ticket is not None:
+            # Kept with the socket: after a hand-over, a WebSocket protocol may see its end.
+            self.gate.hold(self.transport, self.connection_ticket)
+            self.connection_ticket = None
+
+    def admitted(self) -> bool:
+        """This balancer's own limits, once the client is known to be its client."""
+        admitted = self.front.gate.admit(self.front.name, self.front.config.limits, host_of(self.transport.getPeer()))
+        if isinstance(admitted, Refusal):
+            self._gone = True
+            self.send_refusal(admitted.status, admitted.reason)
+            return False
+        self.gate.hold(self.transport, admitted)
+        return True
+
+    def authenticated(self) -> bool:
+        """``auth = "mtls"`` on the balancer: it terminates TLS, so it checks the certificate and
+        tells the member who the client is (members trust what a cluster peer says)."""
+        if self.front.config.auth != "mtls":
+            return True
+        denied = check_client_certificate(self.front.config, self.transport)
+        if denied is not None:
+            self.front.refused(self.client, self.kind, denied.status, denied.label, denied.reason)
+            self.send_refusal(denied.status, denied.reason)
+            return False
+        self._metadata["client-identity"] = client_identity(self.transport) or "?"
+        return True
 
     def place(self, initial: bytes) -> None:
         """Choose a member for this client and hand it over; ``initial`` are the bytes read so far."""
@@ -215,6 +244,10 @@ class _BalancedClient(Handover):
         else:
             self.transport.loseConnection()
 
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.gate.release(self.transport)
+        super().connectionLost(reason)
+
     def lost_before_handover(self, reason: Failure) -> None:
         self._gone = True
         if self.relay_ is not None:
@@ -236,14 +269,36 @@ class BalancedTcpClient(_BalancedClient):
         super().__init__()
         self.front = front
         self.accept = accept
+        self._handshake_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if not self.admitted():
+            return
         if self.accept.scheme == "tcp":
             self.place(b"")
+        else:
+            seconds = self.front.config.limits.handshake_timeout
+            self._handshake_timer = self.front.clock.callLater(seconds, self._handshake_too_slow, seconds)
+
+    def _handshake_too_slow(self, seconds: float) -> None:
+        self._handshake_timer = None
+        self.front.metrics.refusals.labels(service=self.front.name, limit="handshake_timeout").inc()
+        self.front.gate.note(self.front.name, "handshake_timeout", f"tls client {self.client} -> {self.front.name}: no TLS handshake within {seconds:g} s; closed")
+        self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
-        self.place(b"")
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not self._gone and self.authenticated():
+            self.place(b"")
+
+    def lost_before_handover(self, reason: Failure) -> None:
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        super().lost_before_handover(reason)
 
 
 class BalancedHttpClient(_BalancedClient):
@@ -255,23 +310,26 @@ class BalancedHttpClient(_BalancedClient):
 
     kind = "ws"
 
-    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: Factory | None, clock) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: Factory | None, clock, head_timeout: float) -> None:  # type: ignore[no-untyped-def]
         super().__init__()
         self.routes = routes
         self.fallback = fallback
         self.clock = clock
+        self.head_timeout = head_timeout
         self._head = b""
         self._timer: IDelayedCall | None = None
         self._target = ""
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._timer = self.clock.callLater(HEAD_TIMEOUT, self._slow)
+        self._timer = self.clock.callLater(self.head_timeout, self._slow)
 
     def _slow(self) -> None:
         self._timer = None
-        log.info("ws client {client}: no complete request within {t:g} s; closed (408)", client=self.client, t=HEAD_TIMEOUT)
-        self.send_refusal(408, "request head not received in time")
+        front = next(iter(self.routes.values()))[0]
+        front.metrics.refusals.labels(service="", limit="handshake_timeout").inc()
+        front.gate.note("", "handshake_timeout", f"ws client {self.client}: no complete request within {self.head_timeout:g} s; closed (408)")
+        self.send_refusal(408, f"request not completed within {self.head_timeout:g} s")
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -300,12 +358,13 @@ class BalancedHttpClient(_BalancedClient):
         route = self.routes.get(path)
         if route is None:
             if self.fallback is not None:
-                self.hand_to(self.fallback.buildProtocol(self.transport.getPeer()), head)
+                self.hand_to(self.fallback.handed_over(self.transport.getPeer()), head)  # type: ignore[attr-defined]
             else:
                 self.send_refusal(404, "no WebSocket service at this path")
             return
         self.front, self.accept = route
-        self.place(head)
+        if self.admitted() and self.authenticated():
+            self.place(head)
 
     def choose(self, choice: Candidate) -> None:
         if self.front.config.mode != "redirect":
@@ -324,11 +383,9 @@ class BalancedHttpClient(_BalancedClient):
         self._respond(status, reason)
 
     def _respond(self, status: int, reason: str, headers: list[tuple[str, str]] = []) -> None:
-        body = (reason.splitlines()[0] + "\n").encode("utf-8") if reason else b""
-        lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
-                 f"Content-Length: {len(body)}", "Connection: close"]  # fmt: skip
-        lines += [f"{name}: {value}" for name, value in headers]
-        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        if status == 401:
+            headers = headers + [("WWW-Authenticate", 'Bearer realm="shield"')]
+        self.transport.write(http_response(status, reason, tuple(headers)))
         self.transport.loseConnection()
 
     def lost_before_handover(self, reason: Failure) -> None:
@@ -359,15 +416,22 @@ def _location(choice: Candidate, accept: Uri, target: str) -> str | None:
 
 
 class BalancedHttpFactory(Factory):
-    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: Factory | None, clock) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: Factory | None, gate: ClientGate) -> None:
         self.routes = routes
         self.fallback = fallback
-        self.clock = clock
+        self.gate = gate
         self.noisy = False
+        # The path is not known before the head is in: the shortest timeout of the listener.
+        self.head_timeout = min(front.config.limits.handshake_timeout for front, _ in routes.values())
 
-    def buildProtocol(self, addr: IAddress) -> BalancedHttpClient:
-        protocol = BalancedHttpClient(self.routes, self.fallback, self.clock)
+    def buildProtocol(self, addr: IAddress) -> BalancedHttpClient | Refused:
+        ticket = self.gate.connection(host_of(addr))
+        if isinstance(ticket, Refusal):
+            return Refused(ticket, http=True)
+        protocol = BalancedHttpClient(self.routes, self.fallback, self.gate.clock, self.head_timeout)
         protocol.factory = self
+        protocol.gate = self.gate
+        protocol.connection_ticket = ticket
         return protocol
 
 
@@ -377,7 +441,12 @@ class BalancedTcpFactory(Factory):
         self.accept = accept
         self.noisy = False
 
-    def buildProtocol(self, addr: IAddress) -> BalancedTcpClient:
+    def buildProtocol(self, addr: IAddress) -> BalancedTcpClient | Refused:
+        ticket = self.front.gate.connection(host_of(addr))
+        if isinstance(ticket, Refusal):
+            return Refused(ticket, http=False)
         protocol = BalancedTcpClient(self.front, self.accept)
         protocol.factory = self
+        protocol.gate = self.front.gate
+        protocol.connection_ticket = ticket
         return protocol

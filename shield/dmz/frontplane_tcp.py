@@ -13,6 +13,8 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.dmz.admission import Refusal, Refused, Ticket, host_of
+from shield.dmz.auth import check_client_certificate
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
 from shield.net import describe_address, set_no_delay
@@ -27,17 +29,51 @@ class PublicTcpProtocol(RelayedProtocol):
         # tls: wait for the handshake, so a client that never completes it costs no tunnel. A
         # client handed over by a balancer has done its handshake already.
         self.after_handshake = kind == "tls" if after_handshake is None else after_handshake
+        self._ticket: Ticket | None = None
+        self.connection_ticket: Ticket | None = None  # the gateway's count, when accepted here
+        self._handshake_timer = None
         self.client = "?"
         self._opening: Deferred[TunnelStream] | None = None
         self._gone = False
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
-        self.client = describe_address(self.transport.getPeer())
+        peer = self.transport.getPeer()
+        self.client = describe_address(peer)
+        if self.connection_ticket is not None:
+            self.front.gate.hold(self.transport, self.connection_ticket)
+            self.connection_ticket = None
+        admitted = self.front.admit(getattr(peer, "host", self.client))
+        if isinstance(admitted, Refusal):
+            self._gone = True
+            self.transport.abortConnection()  # raw TCP has no status to send
+            return
+        self._ticket = admitted
         if not self.after_handshake:
-            self._open_tunnel()
+            self._authenticate_and_open()
+        else:
+            seconds = self.front.config.limits.handshake_timeout
+            self._handshake_timer = self.front.clock.callLater(seconds, self._handshake_too_slow, seconds)
+
+    def _handshake_too_slow(self, seconds: float) -> None:
+        self._handshake_timer = None
+        self.front.limit_hit("handshake_timeout", f"tls client {self.client} -> {self.front.name}: no TLS handshake within {seconds:g} s; closed")
+        self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        if not self._gone:
+            self._authenticate_and_open()
+
+    def _authenticate_and_open(self) -> None:
+        if self.front.config.auth == "mtls":
+            denied = check_client_certificate(self.front.config, self.transport)
+            if denied is not None:
+                self.front.denied(self.client, self.kind, denied.status, denied.label, denied.reason)
+                self.transport.loseConnection()
+                return
         self._open_tunnel()
 
     def _open_tunnel(self) -> None:
@@ -63,6 +99,12 @@ class PublicTcpProtocol(RelayedProtocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._gone = True
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        if self._ticket is not None:
+            self._ticket.release()
+        self.front.gate.release(self.transport)  # counted here at accept, or by a balancer
         if self._opening is not None:
             opening, self._opening = self._opening, None
             opening.cancel()
@@ -75,7 +117,11 @@ class PublicTcpFactory(Factory):
         self.kind = kind
         self.noisy = False
 
-    def buildProtocol(self, addr: IAddress) -> PublicTcpProtocol:
+    def buildProtocol(self, addr: IAddress) -> PublicTcpProtocol | Refused:
+        ticket = self.front.gate.connection(host_of(addr))
+        if isinstance(ticket, Refusal):
+            return Refused(ticket, http=False)
         protocol = PublicTcpProtocol(self.front, self.kind)
         protocol.factory = self
+        protocol.connection_ticket = ticket
         return protocol

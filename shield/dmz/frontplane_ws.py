@@ -18,10 +18,13 @@ from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPush
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import NoResource, Resource
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from shield.config.model import DmzService
+from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, host_of, http_response
+from shield.dmz.auth import check_client_certificate, check_token
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
 from shield.net import describe_address, set_no_delay
@@ -31,7 +34,9 @@ log = Logger(namespace="shield.dmz.frontplane_ws")
 
 _PHRASES = {
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
+    408: "Request Timeout",
     404: "Not Found",
     426: "Upgrade Required",
     500: "Internal Server Error",
@@ -82,7 +87,8 @@ class WebSocketSide:
         self.protocol.sendClose(1000)
 
     def abort(self, reason: str) -> None:
-        code = CLOSE_GOING_AWAY if "link lost" in reason or "shutting down" in reason else CLOSE_INTERNAL_ERROR
+        going_away = ("link lost", "shutting down", "idle timeout")
+        code = CLOSE_GOING_AWAY if any(words in reason for words in going_away) else CLOSE_INTERNAL_ERROR
         # sendClose() only lets applications use 1000 and 3000-4999; 1001 and 1011 are the
         # codes RFC 6455 gives a server for these cases, so send the frame directly.
         self.protocol.sendCloseFrame(code=code, reasonUtf8=_close_reason(reason), isReply=False)
@@ -103,13 +109,39 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         self._gone = False
         self._refusal_logged = False
         self._close_logged = False
+        self._ticket: Ticket | None = None
+        self._started = False  # Autobahn's side of the connection began (not refused at once)
 
     def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.client = describe_address(peer)
+        admitted = self.front.admit(getattr(peer, "host", self.client))
+        if isinstance(admitted, Refusal):
+            # Refused before reading a byte: answer and go, whatever the client sends.
+            self._gone = True
+            self._refusal_logged = True
+            self._raw_response(admitted.status, admitted.reason)
+            return
+        self._ticket = admitted
+        self._started = True
         super().connectionMade()
         set_no_delay(self.transport)
-        self.client = describe_address(self.transport.getPeer())
+
+    def _raw_response(self, status: int, reason: str) -> None:
+        self.transport.write(http_response(status, reason))
+        self.transport.loseConnection()
 
     def onConnect(self, request: ConnectionRequest) -> Any:
+        config = self.front.config
+        denied = None
+        if config.auth == "token":
+            denied = check_token(config, request.headers, request.params)
+        elif config.auth == "mtls":
+            denied = check_client_certificate(config, self.transport)
+        if denied is not None:
+            self.front.denied(self.client, "ws", denied.status, denied.label, denied.reason)
+            self._refusal_logged = True
+            raise ConnectionDeny(denied.status, denied.reason)
         origin = request.headers.get("origin")
         allowed = self.front.config.allow_origin
         if origin is not None and "*" not in allowed and origin not in allowed:
@@ -164,6 +196,15 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         if self._relay is not None and payload:
             self._relay.received(self._side, payload)  # type: ignore[arg-type]
 
+    def connectionLost(self, reason: Any = None) -> None:
+        self.front.gate.release(self.transport)
+        if self._ticket is not None:
+            self._ticket.release()
+            self._ticket = None
+        if not self._started:
+            return  # refused at connectionMade: Autobahn never started
+        super().connectionLost(reason)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._gone = True
         local_code = getattr(self, "localCloseCode", None)
@@ -190,6 +231,8 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
                 client=self.client, service=self.front.name, code=code, reason=reason,
             )
         self.wasNotCleanReason = reason
+        if code == 401:
+            responseHeaders = list(responseHeaders or ()) + [("WWW-Authenticate", 'Bearer realm="shield"')]
         self.sendHttpErrorResponse(code, reason, responseHeaders)
         self.wasClean = True  # Autobahn would log the drop again as a warning
         self.dropConnection(abort=False)
@@ -270,21 +313,91 @@ class _AnyPath(Resource):
         return self._resource.render(request)
 
 
-def websocket_site(routes: list[tuple[str, ServiceFront, str]]) -> Site:
-    """One twisted.web site for a listener: ``routes`` are (path, service, public URL)."""
+class GuardedChannel(HTTPChannel):
+    """An HTTP connection on a public WebSocket port: counted by the gateway from its accept, and
+    given ``handshake-timeout`` to finish its TLS handshake (wss) and send its request head."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        site: GuardedSite = self.site  # type: ignore[assignment]
+        self._head_timer: Any = site.clock.callLater(site.handshake_timeout, self._head_too_slow)
+
+    def allHeadersReceived(self) -> None:
+        self._stop_head_timer()
+        super().allHeadersReceived()
+
+    def _stop_head_timer(self) -> None:
+        timer, self._head_timer = getattr(self, "_head_timer", None), None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        site: GuardedSite = self.site  # type: ignore[assignment]
+        client = describe_address(self.transport.getPeer())
+        seconds = site.handshake_timeout
+        site.gate.metrics.refusals.labels(service="", limit="handshake_timeout").inc()
+        site.gate.note("", "handshake_timeout", f"ws client {client}: no complete request within {seconds:g} s; closed (408)")
+        self.transport.write(http_response(408, f"request not completed within {seconds:g} s"))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._stop_head_timer()
+        site: GuardedSite = self.site  # type: ignore[assignment]
+        site.gate.release(self.transport)
+        super().connectionLost(reason)
+
+
+class GuardedSite(Site):
+    protocol = GuardedChannel
+
+    def __init__(self, root: Resource, gate: ClientGate, handshake_timeout: float) -> None:
+        super().__init__(root)
+        self.gate = gate
+        self.clock = gate.clock
+        self.handshake_timeout = handshake_timeout
+
+    def handed_over(self, addr: Any) -> Any:
+        """A channel for a connection another door already counted (a balancer's fallback)."""
+        return Site.buildProtocol(self, addr)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        ticket = self.gate.connection(host_of(addr))
+        if isinstance(ticket, Refusal):
+            return Refused(ticket, http=True)
+        channel = super().buildProtocol(addr)
+        original = channel.makeConnection
+
+        def make_connection(transport: Any) -> None:
+            self.gate.hold(transport, ticket)
+            original(transport)
+
+        channel.makeConnection = make_connection  # type: ignore[method-assign]
+        return channel
+
+
+def websocket_site(routes: list[tuple[str, ServiceFront, str]], gate: ClientGate) -> Site:
+    """One twisted.web site for a listener: ``routes`` are (path, service, public URL).
+
+    The path is not known before the request head is in, so the handshake timeout is the
+    shortest of the services sharing the listener.
+    """
     root = _Root()
     for path, front, url in routes:
         root.route(path, WebSocketResource(websocket_factory(front, url)))
-    return _quiet_site(root)
+    timeout = min(front.config.limits.handshake_timeout for _, front, _ in routes)
+    return _quiet_site(GuardedSite(root, gate, timeout))
 
 
 def balanced_site(front: ServiceFront, url: str) -> Site:
-    """The site for WebSocket clients a balancer hands to ``front``, whatever path they asked for."""
-    return _quiet_site(_AnyPath(WebSocketResource(websocket_factory(front, url))))
+    """The site for WebSocket clients a balancer hands to ``front``, whatever path they asked for.
+
+    They were counted and timed where they arrived, so this site does neither.
+    """
+    return _quiet_site(Site(_AnyPath(WebSocketResource(websocket_factory(front, url)))))
 
 
-def _quiet_site(root: Resource) -> Site:
-    site = Site(root)
+def _quiet_site(site: Site) -> Site:
     site.noisy = False
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]

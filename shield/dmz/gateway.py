@@ -18,6 +18,8 @@ from shield.cluster.node import ClusterNode
 from shield.config.model import DmzConfig, Uri
 from shield.config.mux import mux_config_for
 from shield.dmz.backplane import BackplaneFactory, known_identity_check
+from shield.dmz.admission import ClientGate
+from shield.dmz.auth import client_certificate_verifier
 from shield.dmz.balancer import BalancedHttpFactory, BalancedTcpFactory, BalancerFront
 from shield.dmz.frontplane_tcp import PublicTcpFactory, PublicTcpProtocol
 from shield.dmz.frontplane_ws import balanced_site, nvx_in_use, websocket_site
@@ -52,8 +54,9 @@ class DmzGateway(Service):
         self.metrics = Metrics()
         self.registry = LinkRegistry()
         self.opener = TunnelOpener(self.registry, reactor)
+        self.gate = ClientGate(config.limits, self.metrics, reactor)
         self.fronts = {
-            service.name: ServiceFront(service, self.opener, self.metrics)
+            service.name: ServiceFront(service, self.opener, self.metrics, self.gate, reactor)
             for service in config.services
             if not service.is_balancer
         }
@@ -76,16 +79,21 @@ class DmzGateway(Service):
         self.public_tls = {}
         for index, service in enumerate(config.services):
             if service.cert is not None:
-                cert = service.cert
+                files = {f"dmz.service[{index}].cert": service.cert}
+                if service.client_ca is not None:
+                    files[f"dmz.service[{index}].client-ca"] = service.client_ca
                 self.public_tls[service.name] = tls_material(
-                    {f"dmz.service[{index}].cert": cert}, lambda cert=cert: public_server_context(cert)
+                    files,
+                    lambda cert=service.cert, ca=service.client_ca: public_server_context(
+                        cert, ca, client_certificate_verifier() if ca else None
+                    ),
                 )
         if config.cluster is not None:
             self.node = self._cluster_node(config)
             node = self.node
             self.metrics.cluster_members.set_function(lambda: len(node.alive_members()))
             self.balancers = {
-                service.name: BalancerFront(service, self.node, self.metrics, self._serve_here)
+                service.name: BalancerFront(service, self.node, self.metrics, self._serve_here, self.gate)
                 for service in config.services
                 if service.is_balancer
             }
@@ -166,11 +174,11 @@ class DmzGateway(Service):
         for key in sorted(set(websocket_routes) | set(balancer_routes)):
             scheme, host, port = key
             routes = websocket_routes.get(key, [])
-            site: Factory | None = websocket_site(routes) if routes else None
+            site: Factory | None = websocket_site(routes, self.gate) if routes else None
             names = sorted({front.name for _, front, _ in routes})
             if key in balancer_routes:
                 names += sorted({front.name for front, _ in balancer_routes[key].values()})
-                site = BalancedHttpFactory(balancer_routes[key], site, self.reactor)
+                site = BalancedHttpFactory(balancer_routes[key], site, self.gate)
             assert site is not None
             factory: Factory = site
             if scheme == "wss":

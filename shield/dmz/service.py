@@ -7,9 +7,12 @@ link choice, the same metrics and the same one-line log for a refusal.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from shield.config.model import DmzService
+from shield.dmz.admission import ClientGate, Refusal, Ticket
+from shield.dmz.throttle import IdleWatch, PacedSide
 from shield.dmz.tunnel import OpenFailed, TunnelOpener, TunnelStream
 from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
 from shield.relay import Relay, Side
@@ -20,16 +23,29 @@ log = Logger(namespace="shield.dmz.service")
 class ServiceFront:
     """The runtime of one ``[[dmz.service]]``."""
 
-    def __init__(self, config: DmzService, opener: TunnelOpener, metrics: Metrics) -> None:
+    def __init__(
+        self, config: DmzService, opener: TunnelOpener, metrics: Metrics, gate: ClientGate, clock: IReactorTime
+    ) -> None:
         self.config = config
         self.name = config.name
         self.opener = opener
         self.metrics = metrics
+        self.gate = gate
+        self.clock = clock
         self._active = metrics.streams_active.labels(service=self.name)
         self._total = metrics.streams_total.labels(service=self.name)
         self._to_backend = metrics.byte_counter(self.name, TO_BACKEND)
         self._to_client = metrics.byte_counter(self.name, TO_CLIENT)
         self.relays: set[Relay] = set()
+
+    def admit(self, host: str) -> Ticket | Refusal:
+        """Count a new client against this service's and the gateway's limits."""
+        return self.gate.admit(self.name, self.config.limits, host)
+
+    def limit_hit(self, limit: str, line: str) -> None:
+        """A client ended by a limit after it was admitted (handshake or idle timeout)."""
+        self.metrics.refusals.labels(service=self.name, limit=limit).inc()
+        self.gate.note(self.name, limit, line)
 
     def open(self, client: str, transport: str, extra: tuple[tuple[str, str], ...] = ()) -> Deferred[TunnelStream]:
         metadata = (("transport", transport),) + extra
@@ -47,19 +63,48 @@ class ServiceFront:
         self.refused(client, transport, OpenFailed(status, label, reason))
 
     def relay(self, tunnel: TunnelStream, public: Side, client: str, transport: str) -> Relay:
-        """Splice the public side onto the tunnel; counts it until either end finishes."""
+        """Splice the public side onto the tunnel; counts it until either end finishes.
+
+        The service's ``bytes-per-second`` paces what goes to the client, and its ``idle-timeout``
+        ends a tunnel in which nothing has moved for that long.
+        """
+        limits = self.config.limits
         self._active.inc()
         self._total.inc()
         holder: list[Relay] = []
+        if limits.bytes_per_second:
+            public = PacedSide(public, limits.bytes_per_second, self.clock)
+        to_backend, to_client = self._to_backend, self._to_client
+        idle: IdleWatch | None = None
+        if limits.idle_timeout:
+
+            def expired() -> None:
+                seconds = limits.idle_timeout
+                self.limit_hit("idle_timeout", f"{transport} client {client} -> {self.name}: closed, idle for {seconds:g} s")
+                public.abort(f"idle timeout: no data for {seconds:g} s")
+                tunnel.transport.loseConnection()
+
+            idle = IdleWatch(limits.idle_timeout, self.clock, expired)
+            count_in, count_out, touch = to_backend, to_client, idle.touch
+
+            def to_backend(n: int) -> None:
+                touch()
+                count_in(n)
+
+            def to_client(n: int) -> None:
+                touch()
+                count_out(n)
 
         def finished(reason: str) -> None:
             # No line per closed client: at thousands of clients a second that is the log's
             # whole bandwidth. Refusals and lost links are logged where they happen.
             self._active.dec()
+            if idle is not None:
+                idle.stop()
             if holder:
                 self.relays.discard(holder[0])
 
-        relay = tunnel.start_relay(public, self._to_backend, self._to_client, finished)
+        relay = tunnel.start_relay(public, to_backend, to_client, finished)
         if not relay.finished:
             holder.append(relay)
             self.relays.add(relay)

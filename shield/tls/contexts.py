@@ -370,9 +370,15 @@ def cluster_client_options(cert: Path, ca: Path, is_member: Callable[[str], bool
     return MemberConnectionCreator(ctx, f"cluster {cert}")
 
 
-def public_server_context(cert: Path) -> ServerTLSContext:
-    """Public wss:// and tls:// listeners: server certificate only, no client certificate."""
-    return ServerTLSContext(_server_context(cert), f"public {cert}")
+def public_server_context(cert: Path, client_ca: Path | None = None, verify: Any = None) -> ServerTLSContext:
+    """Public wss:// and tls:// listeners: a server certificate; with ``client_ca``, clients are
+    asked for a certificate from that CA, and ``verify`` (a pyOpenSSL verify callback) judges it.
+    """
+    if client_ca is None:
+        return ServerTLSContext(_server_context(cert), f"public {cert}")
+    ctx = _mutual_server_context(cert, client_ca)
+    ctx.set_verify(SSL.VERIFY_PEER, verify)
+    return ServerTLSContext(ctx, f"public {cert} (client certificates from {client_ca})")
 
 
 # --- client side ------------------------------------------------------------------------------

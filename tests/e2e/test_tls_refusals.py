@@ -161,13 +161,6 @@ def test_connector_certificate_cannot_be_a_member(topology: Topology) -> None:
     print(f"\ndmz1: {dialled_in.strip()}\ndmz1: {accepted.strip()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a refused cluster member logs nothing (shield/cluster/node.py). When it dials, TLS 1.3 "
-    "completes its side of the handshake before the peer judges its certificate, so the refusal arrives "
-    "as the loss of a link to a member never heard from, which ClusterNode.link_lost does not log; when "
-    "it is dialled and refused, the lost accepted link is not logged either",
-)
 def test_refused_member_says_why(topology: Topology) -> None:
     """The member whose expired certificate is refused must also log, once, that it was refused."""
     dmz1, dmz2 = bad_member(topology, "expired", "server")
