@@ -9,12 +9,21 @@ one-way series of ``Heartbeat``) or ``forward`` (one public client, then its byt
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_MESSAGE = 65536
+#: Deepest nesting of arrays and objects a message may have (a heartbeat needs 4). JSON nested
+#: deeper is refused: Python's parser and ``repr`` recurse, so it could raise RecursionError.
+MAX_DEPTH = 16
+#: A forwarded client's host (an IP address, or "?") goes into log lines and, as "host:port",
+#: into the OPEN header's client field (at most 255 bytes): bytes of UTF-8 it may take.
+MAX_HOST = 200
 _LENGTH = struct.Struct(">I")
+#: C0, DEL and C1 controls (a forged log line) and lone surrogates (not encodable as UTF-8).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 VERSION = 1
 
 
@@ -51,8 +60,11 @@ class MessageDecoder:
                 value = json.loads(body.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
                 raise ClusterWireError(f"not JSON: {e}") from None
+            except RecursionError:
+                raise ClusterWireError(f"JSON nested more than {MAX_DEPTH} levels deep") from None
             if not isinstance(value, dict):
                 raise ClusterWireError("a message must be a JSON object")
+            _check_depth(value)
             messages.append(value)
         return messages
 
@@ -61,6 +73,17 @@ class MessageDecoder:
         rest = bytes(self._buffer)
         self._buffer.clear()
         return rest
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse arrays and objects nested deeper than ``MAX_DEPTH``, without recursing."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise ClusterWireError(f"JSON nested more than {MAX_DEPTH} levels deep")
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        pending += [(child, depth + 1) for child in children if isinstance(child, (dict, list))]
 
 
 def _get(message: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -139,9 +162,11 @@ class Heartbeat:
     def from_json(cls, value: dict[str, Any]) -> "Heartbeat":
         if value.get("type") != "heartbeat":
             raise ClusterWireError(f"expected a heartbeat, got {str(value.get('type'))[:40]!r}")
-        interval = float(_get(value, "interval", (int, float)))
+        interval = _get(value, "interval", (int, float))
+        # Compared before float(): JSON integers have no size limit, float() would overflow.
         if not 0.01 <= interval <= 600:
-            raise ClusterWireError(f"heartbeat interval {interval} out of range")
+            raise ClusterWireError(f"heartbeat interval {str(interval)[:40]} out of range")
+        interval = float(interval)
         services = _get(value, "services", list)
         return cls(
             cluster=_get(value, "cluster", str),
@@ -184,6 +209,13 @@ class ForwardRequest:
         client = _get(value, "client", list)
         if len(client) != 2 or not isinstance(client[0], str) or not isinstance(client[1], int):
             raise ClusterWireError("'client' must be [host, port]")
+        host, port = client
+        if _UNPRINTABLE.search(host) or len(host.encode("utf-8")) > MAX_HOST:
+            raise ClusterWireError(
+                f"'client' host must be at most {MAX_HOST} bytes of UTF-8 with no control characters"
+            )
+        if isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ClusterWireError(f"'client' port must be from 0 to 65535, got {str(port)[:20]}")
         metadata = _get(value, "metadata", dict)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise ClusterWireError("'metadata' must map strings to strings")
