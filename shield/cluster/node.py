@@ -140,6 +140,24 @@ class ClusterNode:
         check()
         return done
 
+    def reconfigure(self, config: DmzCluster) -> None:
+        """A reload: dial members added to ``members``, stop dialling removed ones (their links,
+        if up, stay until they drop), and take a new heartbeat interval or member list."""
+        old, self.config = self.config, config
+        for uri in config.members:
+            if uri not in old.members and uri != config.accept:
+                self.dial(uri)
+        for uri in old.members:
+            if uri not in config.members:
+                service = self._dialers.pop(str(uri), None)
+                if service is not None:
+                    service.stopService()
+        if config.heartbeat_interval != old.heartbeat_interval and self._beat is not None and self._beat.running:
+            self._beat.stop()
+            self._beat = LoopingCall(self.tick)
+            self._beat.clock = self.clock
+            self._beat.start(config.heartbeat_interval, now=False)
+
     def dial(self, uri: Uri) -> None:
         key = str(uri)
         if key in self._dialers or key in self._self_endpoints or self._stopping:

@@ -104,6 +104,7 @@ class DmzLinkProtocol(MuxProtocol):
             peer=self.peer,
             priority=announce.priority,
             services=frozenset(accepted),
+            announced=frozenset(announce.services),
         )
         self.backplane.registry.add(self.link)
         # A connector's GoAway makes the link unusable long before it closes: count it out now.
@@ -228,6 +229,16 @@ class BackplaneFactory(Factory):
         return protocol
 
 
-def known_identity_check(config: DmzConfig) -> Callable[[str], bool]:
-    """For the TLS verify callback: is this certificate identity a configured connector?"""
-    return lambda identity: identity in config.backplane.connectors
+def known_identity_check(backplane: "BackplaneFactory") -> Callable[[str], bool]:
+    """For the TLS verify callback: is this certificate identity a configured connector?
+
+    It reads the configuration in force at each handshake, so a reload applies to new links.
+    """
+    return lambda identity: identity in backplane.config.backplane.connectors
+
+
+def allowed_services(config: DmzConfig, link: ConnectorLink) -> frozenset[str]:
+    """What ``link`` may serve under ``config``: announced, configured, listed for its connector."""
+    listed = set(config.backplane.connectors.get(link.connector, ()))
+    tunnels = {service.name for service in config.services if not service.is_balancer}
+    return frozenset(link.announced & listed & tunnels)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from collections import defaultdict
+from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -17,7 +19,9 @@ from shield.cluster.messages import ForwardReply, ForwardRequest, ServiceState
 from shield.cluster.node import ClusterNode
 from shield.config.model import DmzConfig, Uri
 from shield.config.mux import mux_config_for
-from shield.dmz.backplane import BackplaneFactory, known_identity_check
+from shield.config.errors import ConfigError
+from shield.config.loader import load_dmz_config
+from shield.dmz.backplane import BackplaneFactory, allowed_services, known_identity_check
 from shield.dmz.admission import ClientGate
 from shield.dmz.auth import client_certificate_verifier
 from shield.dmz.balancer import BalancedHttpFactory, BalancedTcpFactory, BalancerFront
@@ -33,6 +37,8 @@ from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.tls.transport import LinkTLSFactory
 from shield.tls.contexts import (
+    ReloadableClientTLS,
+    ReloadableServerTLS,
     backplane_server_context,
     cluster_client_options,
     cluster_server_context,
@@ -71,23 +77,11 @@ class DmzGateway(Service):
         self._update_link_metrics()  # every configured connector shows, at 0 until it links
         self._started: Deferred[None] | None = None
         # Built now, so an unusable certificate stops the process (exit 2) before it listens.
-        backplane = config.backplane
-        self.backplane_tls = tls_material(
-            {"dmz.backplane.cert": backplane.cert, "dmz.backplane.ca": backplane.ca},
-            lambda: backplane_server_context(backplane.cert, backplane.ca, known_identity_check(config)),
-        )
-        self.public_tls = {}
-        for index, service in enumerate(config.services):
-            if service.cert is not None:
-                files = {f"dmz.service[{index}].cert": service.cert}
-                if service.client_ca is not None:
-                    files[f"dmz.service[{index}].client-ca"] = service.client_ca
-                self.public_tls[service.name] = tls_material(
-                    files,
-                    lambda cert=service.cert, ca=service.client_ca: public_server_context(
-                        cert, ca, client_certificate_verifier() if ca else None
-                    ),
-                )
+        material = self._tls_material(config)
+        self.backplane_tls = ReloadableServerTLS(material.backplane)
+        self.public_tls = material.public
+        self.cluster_tls = (ReloadableServerTLS(material.cluster[0]), ReloadableClientTLS(material.cluster[1])) if material.cluster else None
+        self.frontplane_ports: dict[tuple[str, str, int], IListeningPort] = {}
         if config.cluster is not None:
             self.node = self._cluster_node(config)
             node = self.node
@@ -98,24 +92,47 @@ class DmzGateway(Service):
                 if service.is_balancer
             }
 
-    def _cluster_node(self, config: DmzConfig) -> ClusterNode:
-        backplane, cluster = config.backplane, config.cluster
-        assert cluster is not None
-        connectors = lambda: set(config.backplane.connectors)  # noqa: E731
-        node: list[ClusterNode] = []
-        is_member = lambda identity: node[0].admits(identity, connectors)  # noqa: E731
+    def _tls_material(self, config: DmzConfig) -> "_TLSMaterial":
+        """Every certificate and key the configuration names, loaded and checked (TLSConfigError /
+        exit 2 at start; at a reload, the reload is refused)."""
+        backplane = config.backplane
         files = {"dmz.backplane.cert": backplane.cert, "dmz.backplane.ca": backplane.ca}
-        server_tls = tls_material(files, lambda: cluster_server_context(backplane.cert, backplane.ca, is_member))
-        client_tls = tls_material(files, lambda: cluster_client_options(backplane.cert, backplane.ca, is_member))
-        node.append(
-            ClusterNode(config.name, cluster, self, self.reactor, server_tls, client_tls, mux_config_for(backplane))
+        server = tls_material(
+            files, lambda: backplane_server_context(backplane.cert, backplane.ca, known_identity_check(self.backplane))
         )
-        return node[0]
+        public = {}
+        for index, service in enumerate(config.services):
+            if service.cert is not None:
+                names = {f"dmz.service[{index}].cert": service.cert}
+                if service.client_ca is not None:
+                    names[f"dmz.service[{index}].client-ca"] = service.client_ca
+                public[service.name] = tls_material(
+                    names,
+                    lambda cert=service.cert, ca=service.client_ca: public_server_context(
+                        cert, ca, client_certificate_verifier() if ca else None
+                    ),
+                )
+        cluster = None
+        if config.cluster is not None:
+            is_member = lambda identity: self.node is not None and self.node.admits(  # noqa: E731
+                identity, lambda: set(self.config.backplane.connectors)
+            )
+            cluster = (
+                tls_material(files, lambda: cluster_server_context(backplane.cert, backplane.ca, is_member)),
+                tls_material(files, lambda: cluster_client_options(backplane.cert, backplane.ca, is_member)),
+            )
+        return _TLSMaterial(server, public, cluster)
+
+    def _cluster_node(self, config: DmzConfig) -> ClusterNode:
+        assert config.cluster is not None and self.cluster_tls is not None
+        server_tls, client_tls = self.cluster_tls
+        return ClusterNode(config.name, config.cluster, self, self.reactor, server_tls, client_tls, mux_config_for(config.backplane))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         limit = raise_file_limit(log)
         log.info("open-files limit: {limit}", limit=limit)
         self._started = self._listen_all()
@@ -130,7 +147,11 @@ class DmzGateway(Service):
         yield self._listen([(config.backplane.accept, backplane, "backplane")])
         if self.node is not None:
             yield self.node.settled()  # connectors link meanwhile: the backplane is up
-        yield self._listen(self._frontplane_listeners())
+        for uri, factory, what in self._frontplane_listeners():
+            port = yield tcp_server_endpoint(self.reactor, uri).listen(factory)
+            self.ports.append(port)
+            self.frontplane_ports[(uri.scheme, uri.host, uri.port)] = port
+            log.info("dmz {name}: {what} listening on {uri}", name=config.name, what=what, uri=str(uri))
         if config.admin is not None:
             self.admin_port = yield tcp_server_endpoint(self.reactor, config.admin).listen(
                 admin_site(self.readiness, self.metrics.registry)
@@ -303,6 +324,111 @@ class DmzGateway(Service):
         check()
         return done
 
+    # -- reload (SIGHUP) ------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the configuration file again and apply it without dropping anything.
+
+        The new file must pass every check a start would make (keys, files, certificates), and
+        may not change what only a restart can (name, backplane, cluster or admin addresses);
+        otherwise it is refused whole and the running configuration stays. Applied: certificates
+        and keys for new handshakes, services and connector lists added or removed, limits,
+        timeouts, cluster members. Open links and clients are never touched.
+        """
+        source = self.config.source
+        if source is None or self.draining:
+            return
+        try:
+            new = load_dmz_config(source)
+            fixed = _restart_only_changes(self.config, new)
+            if fixed:
+                raise ConfigError("", f"{'; '.join(fixed)} (restart the gateway for that)")
+            material = self._tls_material(new)
+        except ConfigError as error:
+            log.error("reload refused, the running configuration stays: {problem}", problem=error.describe() if error.file else f"{source}: {error}")
+            return
+        except Exception as error:  # a certificate that does not load, say
+            log.error("reload refused, the running configuration stays: {source}: {problem}", source=str(source), problem=str(error))
+            return
+        old = self.config
+        self.config = new
+        self.backplane.config = new
+        self.backplane_tls.current = material.backplane
+        self.public_tls = material.public
+        if self.cluster_tls is not None and material.cluster is not None:
+            self.cluster_tls[0].current, self.cluster_tls[1].current = material.cluster
+        self.gate.gateway = new.limits
+        added, removed, changed = self._apply_services(old, new)
+        for link in self.registry.links:
+            link.services = allowed_services(new, link)
+        self.registry.changed()
+        if self.node is not None and new.cluster is not None:
+            self.node.reconfigure(new.cluster)
+        self._apply_listeners()
+        log.info(
+            "reloaded {source}: services added: {added}; removed: {removed}; changed: {changed}; "
+            "{n} connectors listed; certificates and keys reloaded for new handshakes",
+            source=str(source), added=", ".join(added) or "none", removed=", ".join(removed) or "none",
+            changed=", ".join(changed) or "none", n=len(new.backplane.connectors),
+        )  # fmt: skip
+
+    def _apply_services(self, old: DmzConfig, new: DmzConfig) -> tuple[list[str], list[str], list[str]]:
+        before = {s.name: s for s in old.services}
+        after = {s.name: s for s in new.services}
+        added = [name for name in after if name not in before]
+        removed = [name for name in before if name not in after]
+        changed = [name for name in after if name in before and after[name] != before[name]]
+        fronts: dict[str, ServiceFront] = {}
+        balancers: dict[str, BalancerFront] = {}
+        for service in new.services:
+            if service.is_balancer:
+                assert self.node is not None
+                front = self.balancers.get(service.name)
+                if front is None:
+                    front = BalancerFront(service, self.node, self.metrics, self._serve_here, self.gate)
+                front.config = service
+                balancers[service.name] = front
+            else:
+                tunnel = self.fronts.get(service.name)
+                if tunnel is None:
+                    tunnel = ServiceFront(service, self.opener, self.metrics, self.gate, self.reactor)
+                tunnel.config = service
+                fronts[service.name] = tunnel
+        self.fronts, self.balancers = fronts, balancers
+        self._balanced_sites.clear()
+        return added, removed, changed
+
+    def _apply_listeners(self) -> None:
+        """Give each public port the factory of the new configuration; open new ports, close
+        ports no service uses any more. A port that stays keeps its socket: no client is refused
+        while it changes hands, and open connections keep the protocol they have."""
+        plan = {(uri.scheme, uri.host, uri.port): (uri, factory, what) for uri, factory, what in self._frontplane_listeners()}
+        for key in list(self.frontplane_ports):
+            if key not in plan:
+                port = self.frontplane_ports.pop(key)
+                self.ports.remove(port)
+                port.stopListening()
+                log.info("dmz {name}: stopped listening on {scheme}://{host}:{port}", name=self.config.name, scheme=key[0], host=key[1], port=key[2])
+        for key, (uri, factory, what) in plan.items():
+            port = self.frontplane_ports.get(key)
+            if port is not None:
+                factory.doStart()
+                port.factory.doStop()  # type: ignore[attr-defined]
+                port.factory = factory  # type: ignore[attr-defined]
+                continue
+            self._open(key, uri, factory, what)
+
+    def _open(self, key: tuple[str, str, int], uri: Uri, factory: Factory, what: str) -> None:
+        def listening(port: IListeningPort) -> None:
+            self.ports.append(port)
+            self.frontplane_ports[key] = port
+            log.info("dmz {name}: {what} listening on {uri}", name=self.config.name, what=what, uri=str(uri))
+
+        def failed(failure: object) -> None:
+            log.error("dmz {name}: cannot listen on {uri}: {why}", name=self.config.name, uri=str(uri), why=getattr(failure, "getErrorMessage", str)())
+
+        tcp_server_endpoint(self.reactor, uri).listen(factory).addCallbacks(listening, failed)
+
     # -- state for ops --------------------------------------------------------------------------
 
     def open_tunnels(self) -> int:
@@ -321,3 +447,27 @@ class DmzGateway(Service):
         for connector in self.config.backplane.connectors:
             gauge.labels(endpoint=connector).set(counts.get(connector, 0))
 
+
+
+@dataclass(frozen=True)
+class _TLSMaterial:
+    backplane: object
+    public: dict[str, object]
+    cluster: tuple[object, object] | None
+
+
+def _restart_only_changes(old: DmzConfig, new: DmzConfig) -> list[str]:
+    """What a reload cannot apply: the gateway's identity and its own addresses."""
+    problems = []
+    if old.name != new.name:
+        problems.append(f"dmz.name changed ({old.name!r} -> {new.name!r})")
+    if old.backplane.accept != new.backplane.accept:
+        problems.append("dmz.backplane.accept changed")
+    if old.admin != new.admin:
+        problems.append("dmz.admin changed")
+    if (old.cluster is None) != (new.cluster is None):
+        problems.append("[dmz.cluster] added or removed")
+    elif old.cluster is not None and new.cluster is not None:
+        if (old.cluster.name, old.cluster.accept) != (new.cluster.name, new.cluster.accept):
+            problems.append("dmz.cluster.name or dmz.cluster.accept changed")
+    return problems

@@ -24,8 +24,9 @@ class ConnectorLink:
     connector: str  # identity from its certificate
     peer: str  # address the link came from
     priority: int
-    services: frozenset[str]
+    services: frozenset[str]  # what this DMZ lets it serve now
     tunnels: int = 0  # open tunnel streams
+    announced: frozenset[str] = frozenset()  # what the connector offered (a reload re-judges it)
     order: int = field(default_factory=lambda: next(_sequence))
 
     @property

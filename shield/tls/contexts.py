@@ -619,3 +619,29 @@ def describe_tls_failure(reason: Failure) -> str:
     if isinstance(exc, (twisted_error.ConnectionLost, twisted_error.ConnectionAborted)):
         return "connection lost (closed by the peer or the network, possibly during the TLS handshake)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
+class ReloadableServerTLS:
+    """A listener's TLS settings that a reload can replace: new handshakes use ``current``,
+    connections made before keep what they started with."""
+
+    def __init__(self, current: Any) -> None:
+        self.current = current
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return self.current.serverConnectionForTLS(tlsProtocol)
+
+    def getContext(self) -> SSL.Context:
+        return self.current.getContext()
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ReloadableClientTLS:
+    """Dialling TLS settings that a reload can replace; links already up keep theirs."""
+
+    def __init__(self, current: Any) -> None:
+        self.current = current
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return self.current.clientConnectionForTLS(tlsProtocol)
