@@ -118,6 +118,30 @@ class DmzLinkProtocol(MuxProtocol):
             accepted=True, dmz_name=dmz.name, services=tuple(accepted), refused=tuple(refused), message=""
         )
 
+    def announced_again(self, announce: Announce) -> AnnounceReply:
+        """A repeated ANNOUNCE: same connector, possibly other services or priority."""
+        link = self.link
+        dmz = self.backplane.config
+        if link is None or announce.name != link.connector:
+            return self._refuse(announce, f"announced name {announce.name!r} is not this link's connector")
+        link.announced = frozenset(announce.services)
+        link.priority = announce.priority
+        link.services = allowed_services(dmz, link)
+        refused = tuple(
+            (service, f"not offered by DMZ {dmz.name!r} to connector {link.connector!r}")
+            for service in announce.services
+            if service not in link.services
+        )
+        self.backplane.registry.changed()
+        log.info(
+            "link from {peer}: connector {identity!r} announced again (priority {priority}): serves {services}",
+            peer=self.peer, identity=link.connector, priority=link.priority,
+            services=", ".join(sorted(link.services)) or "nothing",
+        )  # fmt: skip
+        return AnnounceReply(
+            accepted=True, dmz_name=dmz.name, services=tuple(sorted(link.services)), refused=refused, message=""
+        )
+
     def go_away(self):  # type: ignore[no-untyped-def]
         """Drain: close the control stream too, so the link closes when the last tunnel ends."""
         closed = super().go_away()
@@ -171,31 +195,35 @@ def _describe(reason: Failure, link: MuxProtocol) -> str:
 
 
 class ControlStream(Protocol):
-    """The DMZ end of a link's control stream: reads ANNOUNCE, answers ANNOUNCE_REPLY."""
+    """The DMZ end of a link's control stream: reads ANNOUNCE, answers ANNOUNCE_REPLY.
+
+    A connector may announce again on the same stream (after a reload of its configuration):
+    the link then serves the newly announced services at the new priority, without a new link.
+    """
 
     def __init__(self, link: DmzLinkProtocol) -> None:
         self.link = link
         self._reader = MessageReader((Announce,))
-        self._done = False
+        self._first = True
 
     def dataReceived(self, data: bytes) -> None:
-        if self._done:
-            return  # the control stream carries nothing else in this protocol version
-        try:
-            announce, _ = self._reader.feed(data)
-        except WireError as problem:
-            self._done = True
-            log.warn("link from {peer}: bad announcement: {problem}", peer=self.link.peer, problem=problem)
-            self.link.transport.loseConnection()
-            return
-        if announce is None:
-            return
-        self._done = True
-        assert isinstance(announce, Announce)
-        reply = self.link.announced(announce)
-        self.transport.write(encode(reply))
-        if not reply.accepted:
-            self.link.transport.loseConnection()
+        while data:
+            try:
+                announce, data = self._reader.feed(data)
+            except WireError as problem:
+                log.warn("link from {peer}: bad announcement: {problem}", peer=self.link.peer, problem=problem)
+                self.link.transport.loseConnection()
+                return
+            if announce is None:
+                return
+            self._reader = MessageReader((Announce,))
+            assert isinstance(announce, Announce)
+            first, self._first = self._first, False
+            reply = self.link.announced(announce) if first else self.link.announced_again(announce)
+            self.transport.write(encode(reply))
+            if not reply.accepted:
+                self.link.transport.loseConnection()
+                return
 
 
 class _ControlStreamFactory(Factory):
