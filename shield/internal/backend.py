@@ -3,16 +3,25 @@
 The DMZ names a service, never an address: an unknown service is refused and nothing is dialled.
 The stream is not read while the backend connection is being made, so the DMZ cannot make the
 connector buffer more than one stream window.
+
+The DMZ is the less trusted side, so each link bounds what its streams may hold: at most
+``max_pending_opens`` streams may be waiting for their OPEN header or for their backend at once
+(beyond that a stream is answered OVERLOADED and closed), and an OPEN header must be complete
+within ``OPEN_HEADER_TIMEOUT`` seconds of the stream opening (else the stream is reset). Every
+refusal is counted (``shield_refusals_total`` for limits, ``shield_open_failures_total`` for bad or
+unknown OPENs) and logged, but a burst of them gives one log line per second per link and kind
+(``RefusalLog``), never one line per stream.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorCore
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorCore, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +35,121 @@ from shield.relay import Relay, RelayedProtocol
 from shield.tls.contexts import backend_client_options
 
 log = Logger(namespace="shield.internal.backend")
+
+#: Seconds a DMZ has, after opening a stream, to deliver its whole OPEN header.
+OPEN_HEADER_TIMEOUT = 10.0
+#: A burst of refusals of one kind on one link is logged at most once per this many seconds.
+REFUSAL_LOG_INTERVAL = 1.0
+
+#: ``limit`` labels of ``shield_refusals_total`` that the connector uses.
+LIMIT_PENDING_OPENS = "max_pending_opens"
+LIMIT_STREAMS = "max_streams"
+LIMIT_OPEN_HEADER_TIMEOUT = "open_header_timeout"
+
+
+@dataclass
+class _Burst:
+    count: int  # refusals since the last line
+    detail: str  # what the last of them was
+    timer: IDelayedCall
+
+
+class RefusalLog:
+    """One log line per burst of refusals of one kind, not one per refused stream.
+
+    The first refusal of a kind is logged at once, in full. Those that follow within
+    ``interval`` seconds are only counted; when the interval is over, one line says how many
+    there were and what the last one was, and a new interval starts. An interval with no
+    refusal ends the burst, so the next one is again logged at once.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        where: Callable[[], str],
+        interval: float = REFUSAL_LOG_INTERVAL,
+        logger: Logger = log,
+    ) -> None:
+        self.clock = clock
+        self.where = where
+        self.interval = interval
+        self.log = logger
+        self._bursts: dict[str, _Burst] = {}
+
+    def refused(self, kind: str, detail: str) -> None:
+        """A stream was refused: ``kind`` groups a burst (a limit, "unknown service", ...)."""
+        burst = self._bursts.get(kind)
+        if burst is not None:
+            burst.count += 1
+            burst.detail = detail
+            return
+        self.log.warn("stream from DMZ {peer}: {detail}", peer=self.where(), detail=detail, refusal=kind)
+        self._bursts[kind] = _Burst(0, detail, self.clock.callLater(self.interval, self._interval_over, kind))
+
+    def _interval_over(self, kind: str) -> None:
+        burst = self._bursts.pop(kind)
+        if not burst.count:
+            return  # the burst is over
+        self._summary(kind, burst)
+        self._bursts[kind] = _Burst(0, burst.detail, self.clock.callLater(self.interval, self._interval_over, kind))
+
+    def _summary(self, kind: str, burst: _Burst) -> None:
+        self.log.warn(
+            "stream from DMZ {peer}: {count} more streams refused ({kind}) in the last {interval:g} s;"
+            " the last: {detail}",
+            peer=self.where(), count=burst.count, kind=kind, interval=self.interval, detail=burst.detail,
+            refusal=kind,
+        )
+
+    def stop(self) -> None:
+        """The link is gone: say what is still only counted, stop the timers."""
+        bursts, self._bursts = self._bursts, {}
+        for kind, burst in bursts.items():
+            if burst.timer.active():
+                burst.timer.cancel()
+            if burst.count:
+                self._summary(kind, burst)
+
+
+class OpenLimits:
+    """What one link lets its DMZ hold: pending opens, and how long an OPEN header may take.
+
+    A stream is *pending* from the moment the DMZ opens it until its backend is connected or it
+    is refused or gone: it holds a buffer for its OPEN header, then a dial and a paused stream
+    window. ``max_pending`` of them at once are allowed.
+    """
+
+    def __init__(
+        self,
+        max_pending: int,
+        metrics: Metrics,
+        refusals: RefusalLog,
+        clock: IReactorTime,
+        header_timeout: float = OPEN_HEADER_TIMEOUT,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        self.max_pending = max_pending
+        self.metrics = metrics
+        self.refusals = refusals
+        self.clock = clock
+        self.header_timeout = header_timeout
+        self.pending = 0
+
+    def admit(self) -> bool:
+        """Take a pending place for a new stream, or say there is none (the stream is refused)."""
+        if self.pending >= self.max_pending:
+            return False
+        self.pending += 1
+        return True
+
+    def release(self) -> None:
+        self.pending -= 1
+        assert self.pending >= 0, "released more pending opens than were admitted"
+
+    def refused_by_limit(self, limit: str, detail: str, service: str = "") -> None:
+        self.metrics.refusals.labels(service=service, limit=limit).inc()
+        self.refusals.refused(limit, detail)
 
 
 class BackendConnection(RelayedProtocol):
@@ -56,29 +180,83 @@ def _classify(failure: Failure) -> OpenStatus:
 class BackendStream(RelayedProtocol):
     """One stream the DMZ opened."""
 
-    def __init__(self, gateway: "BackendDialer", link_peer: str) -> None:
+    def __init__(self, gateway: "BackendDialer", link_peer: str, limits: OpenLimits) -> None:
         self.gateway = gateway
         self.link_peer = link_peer
+        self.limits = limits
         self._reader = MessageReader((OpenRequest,))
         self._request: OpenRequest | None = None
         self._dialing: Deferred[BackendConnection] | None = None
         self._service: InternalService | None = None
         self._gone = False
+        self._pending = False  # holds one of the link's pending-open places
+        self._refused = False  # answered OVERLOADED before its OPEN was read
+        self._header_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        limits = self.limits
+        if not limits.admit():
+            self._refused = True
+            limits.refused_by_limit(
+                LIMIT_PENDING_OPENS,
+                f"refused with OVERLOADED: {limits.max_pending} stream opens already wait for their OPEN"
+                " header or their backend on this link (max-pending-opens); nothing dialled",
+            )
+            self._answer(
+                OpenReply(
+                    OpenStatus.OVERLOADED,
+                    f"connector overloaded: {limits.max_pending} stream opens already pending on this link",
+                )
+            )
+            self.transport.loseConnection()  # what the DMZ sends from now on is dropped unread
+            return
+        self._pending = True
+        self._header_timer = limits.clock.callLater(limits.header_timeout, self._header_timed_out)
+
+    def _release(self) -> None:
+        """This stream no longer counts as pending: its backend is there, or it is refused or gone."""
+        if self._header_timer is not None:
+            if self._header_timer.active():
+                self._header_timer.cancel()
+            self._header_timer = None
+        if self._pending:
+            self._pending = False
+            self.limits.release()
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self._request is not None or self._gone:
+            return
+        timeout = self.limits.header_timeout
+        self.limits.refused_by_limit(
+            LIMIT_OPEN_HEADER_TIMEOUT,
+            f"reset: no complete OPEN header within {timeout:g} s of the stream opening; nothing dialled",
+        )
+        self._release()
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._request is not None:
             super().dataReceived(data)
             return
+        if self._refused or self._gone:
+            return
         try:
             request, rest = self._reader.feed(data)
         except WireError as problem:
-            log.warn("stream from DMZ {peer}: bad open request: {problem}", peer=self.link_peer, problem=problem)
+            self.gateway.metrics.open_failures.labels(service="", reason="bad_open").inc()
+            self.limits.refusals.refused("bad OPEN", f"reset: bad open request: {problem}; nothing dialled")
+            self._release()
             self.transport.abortConnection()
             return
         if request is None:
             return
         assert isinstance(request, OpenRequest)
         self._request = request
+        if self._header_timer is not None:
+            if self._header_timer.active():
+                self._header_timer.cancel()
+            self._header_timer = None
         if rest:
             super().dataReceived(rest)
         self._start(request)
@@ -86,10 +264,13 @@ class BackendStream(RelayedProtocol):
     def _start(self, request: OpenRequest) -> None:
         service = self.gateway.services.get(request.service)
         if service is None:
-            log.warn(
-                "stream from DMZ {peer}: refused: no service {service!r} here (client {client}); nothing dialled",
-                peer=self.link_peer, service=request.service, client=request.client,
+            # The name comes from the DMZ: it is not used as a metric label (any number of them).
+            self.gateway.metrics.open_failures.labels(service="", reason="unknown_service").inc()
+            self.limits.refusals.refused(
+                "unknown service",
+                f"refused: no service {request.service!r} here (client {request.client}); nothing dialled",
             )
+            self._release()
             self._answer(OpenReply(OpenStatus.UNKNOWN_SERVICE, f"connector has no service {request.service!r}"))
             self.transport.loseConnection()
             return
@@ -107,6 +288,7 @@ class BackendStream(RelayedProtocol):
         if self._gone:
             backend.transport.abortConnection()
             return
+        self._release()
         name = self._service.name
         self._answer(OpenReply(OpenStatus.OK, ""))
         metrics = self.gateway.metrics
@@ -136,6 +318,7 @@ class BackendStream(RelayedProtocol):
         self._dialing = None
         if self._gone:
             return  # the DMZ dropped the stream while we dialled
+        self._release()
         assert self._request is not None and self._service is not None
         status = _classify(failure)
         name = self._service.name
@@ -151,6 +334,7 @@ class BackendStream(RelayedProtocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._gone = True
+        self._release()
         if self._dialing is not None:
             dialing, self._dialing = self._dialing, None
             dialing.cancel()
@@ -192,11 +376,35 @@ class BackendDialer:
 
 
 class BackendStreamFactory(Factory):
-    """Builds a ``BackendStream`` for every stream the DMZ opens on one link."""
+    """Builds a ``BackendStream`` for every stream the DMZ opens on one link (one factory per link).
 
-    def __init__(self, dialer: BackendDialer, link_peer: Callable[[], str]) -> None:
+    It holds the link's ``OpenLimits`` and ``RefusalLog``; call ``stop`` when the link is gone.
+    """
+
+    def __init__(
+        self,
+        dialer: BackendDialer,
+        link_peer: Callable[[], str],
+        max_pending_opens: int = 256,
+        clock: IReactorTime | None = None,
+        header_timeout: float = OPEN_HEADER_TIMEOUT,
+        log_interval: float = REFUSAL_LOG_INTERVAL,
+    ) -> None:
         self.dialer = dialer
         self.link_peer = link_peer
+        clock = clock if clock is not None else dialer.reactor  # type: ignore[assignment]
+        self.refusals = RefusalLog(clock, link_peer, log_interval)  # type: ignore[arg-type]
+        self.limits = OpenLimits(max_pending_opens, dialer.metrics, self.refusals, clock, header_timeout)  # type: ignore[arg-type]
 
     def buildProtocol(self, addr: IAddress) -> BackendStream:
-        return BackendStream(self.dialer, self.link_peer())
+        return BackendStream(self.dialer, self.link_peer(), self.limits)
+
+    def stream_rejected(self, stream_id: int, reason: str, limit_reached: bool) -> None:
+        """The mux refused a stream (RST) before any protocol saw it: count and log it."""
+        if limit_reached:
+            self.limits.refused_by_limit(LIMIT_STREAMS, f"stream {stream_id} reset: {reason} (max-streams)")
+        else:
+            self.refusals.refused("mux refusal", f"stream {stream_id} reset: {reason}")
+
+    def stop(self) -> None:
+        self.refusals.stop()

@@ -20,6 +20,7 @@ from shield import __version__
 from shield.internal.backend import BackendStreamFactory
 from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
 from shield.mux import MuxConfig
+from shield.mux.events import Event, StreamRejected
 from shield.mux.protocol import MuxProtocol
 from shield.mux.stream import MuxStream
 from shield.net import set_no_delay
@@ -38,7 +39,12 @@ class ConnectorLinkProtocol(MuxProtocol):
         super().__init__(
             client=True,
             config=mux_config,
-            stream_factory=BackendStreamFactory(slot.gateway.dialer, lambda: slot.endpoint),
+            stream_factory=BackendStreamFactory(
+                slot.gateway.dialer,
+                lambda: slot.endpoint,
+                max_pending_opens=slot.gateway.config.max_pending_opens,
+                clock=slot.clock,
+            ),
             clock=slot.clock,
         )
         self.slot = slot
@@ -53,14 +59,24 @@ class ConnectorLinkProtocol(MuxProtocol):
         set_no_delay(self.transport)
 
     def handshakeCompleted(self) -> None:
+        self.control = self.open_stream(ControlClient(self, self._announcement()))
+
+    def _announcement(self) -> Announce:
         gateway = self.slot.gateway.config
-        announce = Announce(
+        return Announce(
             name=gateway.name,
             priority=gateway.priority,
             version=__version__,
             services=tuple(service.name for service in gateway.services),
         )
-        self.control = self.open_stream(ControlClient(self, announce))
+
+    def announce_again(self) -> bool:
+        """After a reload: tell the DMZ the services and priority of the new configuration."""
+        control = self.control
+        if control is None or not self.accepted or control.disconnecting:
+            return False
+        control.write(encode(self._announcement()))
+        return True
 
     def reply_received(self, reply: AnnounceReply) -> None:
         self.dmz_name = reply.dmz_name
@@ -76,13 +92,25 @@ class ConnectorLinkProtocol(MuxProtocol):
             )
             self.transport.loseConnection()
             return
-        self.accepted = True
+        again, self.accepted = self.accepted, True
         self.services = reply.services
         log.info(
-            "link to {endpoint}: up; DMZ {dmz!r} accepted {services}",
-            endpoint=self.slot.endpoint, dmz=reply.dmz_name, services=", ".join(reply.services) or "no services",
-        )
-        self.slot.link_up(self)
+            "link to {endpoint}: {what}; DMZ {dmz!r} accepted {services}",
+            endpoint=self.slot.endpoint, what="announced again" if again else "up", dmz=reply.dmz_name,
+            services=", ".join(reply.services) or "no services",
+        )  # fmt: skip
+        if not again:
+            self.slot.link_up(self)
+
+    def _dispatch(self, event: Event) -> None:
+        # A stream the mux refuses (RST: max-streams reached, or going away) is counted, and a
+        # burst of them is logged once per second, not once per stream as MuxProtocol would.
+        if isinstance(event, StreamRejected):
+            factory = self.stream_factory
+            assert isinstance(factory, BackendStreamFactory)
+            factory.stream_rejected(event.stream_id, event.reason, not self.session.local_go_away)
+            return
+        super()._dispatch(event)
 
     def go_away(self):  # type: ignore[no-untyped-def]
         """Drain: close the control stream too, so the link closes when the last tunnel ends."""
@@ -94,6 +122,9 @@ class ConnectorLinkProtocol(MuxProtocol):
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         terminated = self.session.terminated
         super().connectionLost(reason)
+        factory = self.stream_factory
+        if isinstance(factory, BackendStreamFactory):
+            factory.stop()
         from shield.tls.contexts import describe_tls_failure
 
         why = terminated.reason if terminated is not None else describe_tls_failure(reason)
@@ -113,17 +144,17 @@ class ControlClient(Protocol):
         self.transport.write(encode(self.announce))
 
     def dataReceived(self, data: bytes) -> None:
-        if self._done:
-            return
-        try:
-            reply, _ = self._reader.feed(data)
-        except WireError as problem:
-            self._done = True
-            log.error("link to {endpoint}: bad announce reply: {problem}", endpoint=self.link.slot.endpoint, problem=problem)
-            self.link.transport.loseConnection()
-            return
-        if reply is None:
-            return
-        self._done = True
-        assert isinstance(reply, AnnounceReply)
-        self.link.reply_received(reply)
+        # One reply per ANNOUNCE: the first, and one for each announcement after a reload.
+        while data and not self._done:
+            try:
+                reply, data = self._reader.feed(data)
+            except WireError as problem:
+                self._done = True
+                log.error("link to {endpoint}: bad announce reply: {problem}", endpoint=self.link.slot.endpoint, problem=problem)
+                self.link.transport.loseConnection()
+                return
+            if reply is None:
+                return
+            self._reader = MessageReader((AnnounceReply,))
+            assert isinstance(reply, AnnounceReply)
+            self.link.reply_received(reply)
