@@ -63,3 +63,26 @@ $(BIN)/.bench-installed: $(BIN)/.installed setup.cfg pyproject.toml
 
 bench: venv debian-bench-deps $(BIN)/.bench-installed
 	$(if $(filter-out 0,$(QUICK)),QUICK=1,QUICK=) $(BIN)/python -m benchmarks
+
+.PHONY: fuzz
+# Coverage-guided fuzzing (atheris + libFuzzer, installed by the test extra) of the yamux frame
+# parser and the shield-link messages (OPEN/OPEN_REPLY, ANNOUNCE/ANNOUNCE_REPLY), FUZZ_SECONDS
+# each: `make fuzz FUZZ_SECONDS=600`. The corpus grows in build/fuzz/NAME/corpus from seeds the
+# harnesses write; a crash leaves build/fuzz/NAME/crash-*, replayed by `python fuzz/fuzz_NAME.py
+# FILE`. `make test` runs each harness briefly (tests/fuzz). See docs/protocol.md, "Fuzzing".
+FUZZ_SECONDS ?= 60
+FUZZ_HARNESSES := frames open_header
+FUZZ_DIR := build/fuzz
+
+fuzz: venv
+	@for name in $(FUZZ_HARNESSES); do \
+		dir=$(FUZZ_DIR)/$$name; \
+		$(BIN)/python fuzz/fuzz_$$name.py --make-seeds $$dir/corpus || exit 1; \
+		echo "== fuzz/fuzz_$$name.py for $(FUZZ_SECONDS) s (full log: $$dir/fuzz.log)"; \
+		$(BIN)/python fuzz/fuzz_$$name.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=$$dir/ $$dir/corpus >$$dir/fuzz.log 2>&1; \
+		status=$$?; \
+		grep -e '^#.*\(INITED\|DONE\)' -e '^stat::' -e '^Done' -e 'Uncaught' -e '^Traceback' \
+			-e 'Error' -e '^  File' -e 'crash-' $$dir/fuzz.log; \
+		[ $$status -eq 0 ] || { echo "fuzz_$$name.py failed (exit $$status): see $$dir/fuzz.log"; exit $$status; }; \
+	done
