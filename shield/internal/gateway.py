@@ -7,6 +7,8 @@ gone has its slots drained (GoAway: open tunnels finish, no new ones land there)
 
 from __future__ import annotations
 
+import signal
+
 from typing import Callable
 
 from twisted.application.service import Service
@@ -24,7 +26,9 @@ from shield.ops.admin import admin_site
 from shield.ops.drain import raise_file_limit, exit_cleanly_after_drain, fatal
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
-from shield.tls.contexts import backend_client_options, backplane_client_options
+from shield.config.errors import ConfigError
+from shield.config.loader import load_internal_config
+from shield.tls.contexts import ReloadableClientTLS, backend_client_options, backplane_client_options
 
 log = Logger(namespace="shield.internal")
 
@@ -46,18 +50,7 @@ class InternalGateway(Service):
         backplane = config.backplane
         self.mux_config = mux_config_for(backplane)
         # Built now, so a bad certificate stops the process before it dials anything.
-        self.tls_options = tls_material(
-            {"internal.backplane.cert": backplane.cert, "internal.backplane.ca": backplane.ca},
-            lambda: backplane_client_options(backplane.cert, backplane.ca, backplane.server_name),
-        )
-        for index, service in enumerate(config.services):
-            if service.connect.scheme == "tls":
-                tls_material(
-                    {f"internal.service[{index}].ca": service.ca} if service.ca else {},
-                    lambda service=service: backend_client_options(
-                        service.server_name or service.connect.host, service.ca
-                    ),
-                )
+        self.tls_options = ReloadableClientTLS(_tls_material(config))
         self.endpoints: dict[str, Endpoint] = {}  # label -> endpoint, in the order they came
         self.discoveries: dict[Uri, Discovery] = {}  # one per connect URI
         self.retiring: set[LinkSlot] = set()  # slots of removed endpoints, draining
@@ -73,6 +66,7 @@ class InternalGateway(Service):
 
     def startService(self) -> None:
         super().startService()
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         limit = raise_file_limit(log)
         log.info("open-files limit: {limit}", limit=limit)
         self._started = self._start()
@@ -87,16 +81,7 @@ class InternalGateway(Service):
             )
             log.info("connector {name}: admin on {uri}", name=config.name, uri=str(config.admin))
         for uri in config.backplane.connect:
-            literal = is_ipv4(uri.host) or is_ipv6(uri.host)
-            discovery = Discovery(
-                uri.host,
-                lambda uri=uri: self.resolver(uri),
-                self.reactor,
-                0.0 if literal else config.backplane.resolve_interval,
-                lambda change, uri=uri: self._addresses_changed(uri, change),
-                where=f"connector {config.name}: connect {uri}",
-            )
-            self.discoveries[uri] = discovery
+            self._watch(uri)
         # The first look-ups run side by side; one that fails is retried (see discovery.py)
         # and /readyz says why the connector is not ready meanwhile.
         yield DeferredList([discovery.start() for discovery in self.discoveries.values()], consumeErrors=True)
@@ -110,6 +95,78 @@ class InternalGateway(Service):
             links=config.backplane.links,
             endpoints=", ".join(self.endpoints) or "its endpoints, none known yet (waiting for DNS)",
         )
+
+    def _watch(self, uri: Uri) -> Discovery:
+        literal = is_ipv4(uri.host) or is_ipv6(uri.host)
+        discovery = Discovery(
+            uri.host,
+            lambda uri=uri: self.resolver(uri),
+            self.reactor,
+            0.0 if literal else self.config.backplane.resolve_interval,
+            lambda change, uri=uri: self._addresses_changed(uri, change),
+            where=f"connector {self.config.name}: connect {uri}",
+        )
+        self.discoveries[uri] = discovery
+        return discovery
+
+    # -- reload (SIGHUP) ------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the configuration again and apply it; links and tunnels stay up.
+
+        Refused whole (one error line, the running configuration stays) when the file fails any
+        check a start would make, or changes the name or the admin address. Applied: the
+        certificate and key for new links, the backend of each service for new tunnels, the
+        services and priority announced again on every link, ``connect`` URIs added (dialled)
+        or removed (drained), the number of links per endpoint for new endpoints, limits.
+        """
+        source = self.config.source
+        if source is None or self._stopping:
+            return
+        try:
+            new = load_internal_config(source)
+            fixed = []
+            if new.name != self.config.name:
+                fixed.append(f"internal.name changed ({self.config.name!r} -> {new.name!r})")
+            if new.admin != self.config.admin:
+                fixed.append("internal.admin changed")
+            if fixed:
+                raise ConfigError("", f"{'; '.join(fixed)} (restart the connector for that)")
+            options = _tls_material(new)
+        except ConfigError as error:
+            log.error("reload refused, the running configuration stays: {problem}", problem=error.describe() if error.file else f"{source}: {error}")
+            return
+        except Exception as error:
+            log.error("reload refused, the running configuration stays: {source}: {problem}", source=str(source), problem=str(error))
+            return
+        old, self.config = self.config, new
+        self.tls_options.current = options
+        self.mux_config = mux_config_for(new.backplane)
+        self.dialer.services = {service.name: service for service in new.services}
+        before, after = set(old.backplane.connect), set(new.backplane.connect)
+        for uri in sorted(after - before, key=str):
+            self._watch(uri).start()
+        for uri in sorted(before - after, key=str):
+            discovery = self.discoveries.pop(uri)
+            discovery.stop()
+            for endpoint in list(self.endpoints.values()):
+                if uri in endpoint.owners:
+                    address = endpoint.label.rsplit(":", 1)[0].strip("[]")
+                    gone = self._remove_endpoint(uri, address)
+                    if gone is not None:
+                        log.info("connector {name}: endpoint {label} removed from connect; draining its links", name=new.name, label=gone.label)
+                        self._retire(gone)
+        announced = 0
+        if (old.priority, [s.name for s in old.services]) != (new.priority, [s.name for s in new.services]):
+            for slot in self.slots:
+                if slot.link is not None and slot.link.announce_again():
+                    announced += 1
+        log.info(
+            "reloaded {source}: services {services}; priority {priority}; connect {connect}; "
+            "announced again on {n} links; certificate and key reloaded for new links",
+            source=str(source), services=", ".join(s.name for s in new.services), priority=new.priority,
+            connect=", ".join(str(uri) for uri in new.backplane.connect), n=announced,
+        )  # fmt: skip
 
     def _addresses_changed(self, uri: Uri, change: Change) -> None:
         """Slots for the addresses ``uri``'s host now has; drain those of addresses it lost."""
@@ -218,3 +275,20 @@ class InternalGateway(Service):
         if not self.endpoints and not missing:
             missing.append("no backplane endpoint")
         return not missing, missing
+
+
+def _tls_material(config: InternalConfig) -> object:
+    """The backplane client settings, after checking every certificate and key the file names
+    (tls:// backends' CAs included): at start a problem is exit 2, at a reload a refusal."""
+    backplane = config.backplane
+    options = tls_material(
+        {"internal.backplane.cert": backplane.cert, "internal.backplane.ca": backplane.ca},
+        lambda: backplane_client_options(backplane.cert, backplane.ca, backplane.server_name),
+    )
+    for index, service in enumerate(config.services):
+        if service.connect.scheme == "tls":
+            tls_material(
+                {f"internal.service[{index}].ca": service.ca} if service.ca else {},
+                lambda service=service: backend_client_options(service.server_name or service.connect.host, service.ca),
+            )
+    return options
