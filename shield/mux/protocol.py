@@ -91,6 +91,8 @@ class MuxProtocol(Protocol):
         self._close_reason: str | None = None
         self._peer_away_code: int | None = None
         self._batch: list[bytes] | None = None
+        self._refused_streams = 0
+        self._refused_log_at = 0.0
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -348,9 +350,16 @@ class MuxProtocol(Protocol):
         if self.stream_factory is not None:
             protocol = self.stream_factory.buildProtocol(stream.getPeer())
         if protocol is None:
-            self.log.warn(
-                "mux {peer}: refused stream {id}: nothing accepts streams here", peer=self._peer(), id=stream_id
-            )
+            # One line a second at most: a peer opening streams without end must not flood the log.
+            now = self._clock.seconds()
+            self._refused_streams += 1
+            if now >= self._refused_log_at:
+                self.log.warn(
+                    "mux {peer}: refused stream {id}: nothing accepts streams here ({n} refused since the last line)",
+                    peer=self._peer(), id=stream_id, n=self._refused_streams,
+                )  # fmt: skip
+                self._refused_streams = 0
+                self._refused_log_at = now + 1.0
             self.streams.pop(stream_id, None)
             self.session.reset_stream(stream_id)
             return
