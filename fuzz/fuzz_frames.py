@@ -1,30 +1,30 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing of the yamux frame parser (``shield.mux.session.Session``).
 
-README. Each input is two option bytes and then bytes "from the peer". Byte 0 picks the
-session (bit 0: client or server; bit 1: a stream limit of 3; bits 2-3: streams this side opened
-first; bit 4: the application acts between chunks; bit 5: this side sent GoAway first; bit 6:
-Data payloads are abbreviated, see below; bit 7: windows may grow to 4 MiB), byte 1 seeds how
-the rest is cut into ``receive_data`` calls. With bit 6, each Data frame in the input carries
-at most 16 payload bytes and the harness pads it with zeros to its declared length (1 MiB in
-all at most): so a small input can fill 256 KiB windows, violate them, and make the
-application grant credit back. A fresh ``Session`` is fed the bytes; it must
-never raise, whatever they are: a peer's protocol error surfaces as a ``ConnectionTerminated``
-event with GoAway(protocol error) on the wire, or as a ``StreamReset`` for a one-stream error
-(session.py says so). Besides "no exception", every run checks: only known event types; an
-empty ``DataReceived`` never; at most one ``ConnectionTerminated``, and last; no more than a
-partial header (< 12 bytes) ever buffered, whatever the input; windows never negative or over
-2**32-1; the output is well-formed frames. When the application does not act, feeding the same
-bytes in one call or in chunks must give the same events (payload may be split differently),
-the same output and the same state. When it acts (acknowledges what it received, opens, writes,
-ends, resets, pings, goes away), its commands may raise only the documented ``MuxError``s.
+README. A fresh ``Session`` is fed bytes "from the peer" and must never raise, whatever they
+are: session.py surfaces a peer's protocol error as a ``ConnectionTerminated`` event with
+GoAway(protocol error) on the wire, or as a ``StreamReset`` for a one-stream error. Besides "no
+exception", every run checks: only known event types, never an empty ``DataReceived``; at most
+one ``ConnectionTerminated``, and last; never more than a partial header (< 12 bytes) buffered;
+windows from 0 to 2**32-1; the output is well-formed frames. When the application does not act,
+the same bytes fed in one call or in chunks give the same events (payload may be split
+differently), output and state. When it acts between reads (acknowledges what it received,
+opens, writes, ends, resets, pings, goes away), its commands may raise only ``MuxError``s.
+
+Each input is two option bytes, then the peer's bytes. Byte 0: bit 0 client (else server); bit 1
+a stream limit of 3; bits 2-3 streams this side opened first; bit 4 the application acts; bit 5
+this side sent GoAway first; bit 6 abbreviated payloads; bit 7 windows may grow to 4 MiB. Byte 1
+seeds how the bytes are cut into ``receive_data`` calls (0: one call). With abbreviated
+payloads each Data frame carries at most 16 payload bytes and the harness pads it with zeros to
+its declared length (1 MiB in all at most), so a small input fills 256 KiB windows, violates
+them, and makes the application grant credit back.
 
 Run: ``python fuzz/fuzz_frames.py [libFuzzer options] [corpus dir ...]``, e.g.
-``python fuzz/fuzz_frames.py -max_total_time=60 build/fuzz/frames``;
+``python fuzz/fuzz_frames.py -max_total_time=60 build/fuzz/frames/corpus``;
 ``python fuzz/fuzz_frames.py --make-seeds DIR`` writes valid frame sequences to start from.
-``make fuzz`` does both for every harness; ``make test`` runs a short smoke run
-(tests/fuzz/test_fuzz_smoke.py). A crash leaves the input in ``crash-*`` (see -artifact_prefix);
-replay it with ``python fuzz/fuzz_frames.py crash-FILE``.
+``make fuzz`` does both for every harness, ``make test`` runs each briefly
+(tests/fuzz/test_fuzz_smoke.py). A failing input is saved as ``crash-*`` (see
+-artifact_prefix); ``python fuzz/fuzz_frames.py crash-FILE`` replays it.
 """
 
 from __future__ import annotations

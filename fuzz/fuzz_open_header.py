@@ -12,11 +12,11 @@ and hands back every byte after it; a declared body length over ``max_body`` is 
 feed that completes the 6-byte envelope, before any body is buffered; once finished, a reader
 refuses more input with RuntimeError. In the encode mode (bits 4-5 = 2) the bytes are taken as
 field values (any Unicode, lone surrogates and controls included, any counts and integers) for a
-message of each type: ``encode`` gives bytes that decode back to an equal message, or
-``WireError``.
+message of the type the input picks: ``encode`` gives bytes that decode back to an equal
+message, or ``WireError``.
 
 Run: ``python fuzz/fuzz_open_header.py [libFuzzer options] [corpus dir ...]``, e.g.
-``python fuzz/fuzz_open_header.py -max_total_time=60 build/fuzz/open_header``;
+``python fuzz/fuzz_open_header.py -max_total_time=60 build/fuzz/open_header/corpus``;
 ``python fuzz/fuzz_open_header.py --make-seeds DIR`` writes valid messages to start from.
 ``make fuzz`` does both for every harness; ``make test`` runs a short smoke run
 (tests/fuzz/test_fuzz_smoke.py). Replay a crash with ``python fuzz/fuzz_open_header.py crash-FILE``.
