@@ -240,4 +240,10 @@ class ForwardReply:
     def from_json(cls, value: dict[str, Any]) -> "ForwardReply":
         if value.get("type") != "forward-reply":
             raise ClusterWireError("expected a forward reply")
-        return cls(_get(value, "status", int), _get(value, "reason", str))
+        status = _get(value, "status", int)
+        if status != 0 and not 400 <= status <= 599:
+            raise ClusterWireError(f"forward reply status {status} is neither 0 nor an HTTP error")
+        # The reason reaches a log line and a client's answer: no control characters, one line.
+        from shield.link.wire import safe_text
+
+        return cls(status, safe_text(_get(value, "reason", str), 1000))
