@@ -114,7 +114,10 @@ class Relay:
         return self._finished
 
     def _index(self, side: Side) -> int:
-        return 0 if side is self._sides[0] else 1
+        # A side may wrap another (a paced client side wraps the client's own): the protocol
+        # underneath reports with the inner one, which then stands for the wrapper.
+        first = self._sides[0]
+        return 0 if side is first or side is getattr(first, "inner", None) else 1
 
     def received(self, side: Side, data: bytes) -> None:
         """``side`` delivered bytes: pass them to the other side."""

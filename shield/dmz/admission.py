@@ -61,7 +61,7 @@ class ClientGate:
         self._by_transport: "weakref.WeakKeyDictionary[object, list[Ticket]]" = weakref.WeakKeyDictionary()
         self._unlogged: Counter[tuple[str, str]] = Counter()
 
-    def connection(self, host: str) -> Ticket | Refusal:
+    def connection(self, host: str, client: str = "") -> Ticket | Refusal:
         """A new connection on any public port, before anything is read: the gateway's limits."""
         limits = self.gateway
         refusal = None
@@ -73,7 +73,7 @@ class ClientGate:
                 f"too many connections from {host}: {limits.max_connections_per_source} open to this gateway",
             )  # fmt: skip
         if refusal is not None:
-            self._refused("", refusal, host)
+            self._refused("", refusal, client or host)
             return refusal
         return self._count("", host, total=True)
 
@@ -87,7 +87,7 @@ class ClientGate:
         for ticket in tickets or ():
             ticket.release()
 
-    def admit(self, service: str, limits: ClientLimits, host: str) -> Ticket | Refusal:
+    def admit(self, service: str, limits: ClientLimits, host: str, client: str = "") -> Ticket | Refusal:
         """A client of ``service`` (once the service is known): that service's limits."""
         refusal = None
         if limits.max_connections and self.per_service[service] >= limits.max_connections:
@@ -98,7 +98,7 @@ class ClientGate:
                 f"too many connections from {host}: {limits.max_connections_per_source} open to {service!r}",
             )  # fmt: skip
         if refusal is not None:
-            self._refused(service, refusal, host)
+            self._refused(service, refusal, client or host)
             return refusal
         return self._count(service, host, total=False)
 
@@ -176,3 +176,20 @@ def http_response(status: int, reason: str, headers: tuple[tuple[str, str], ...]
 
 def host_of(addr: object) -> str:
     return str(getattr(addr, "host", addr))
+
+
+def client_of(addr: object) -> str:
+    """``host:port`` for log lines (``[v6]:port`` for IPv6)."""
+    host, port = getattr(addr, "host", None), getattr(addr, "port", None)
+    if host is None or port is None:
+        return str(addr)
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def finish(transport: object) -> None:
+    """Close after what was written; cut at once if TLS never got going (a TLS transport holds
+    writes until its handshake is done, and would then wait for ever)."""
+    if getattr(transport, "_handshakeDone", True) is False:
+        transport.abortConnection()  # type: ignore[attr-defined]
+    else:
+        transport.loseConnection()  # type: ignore[attr-defined]

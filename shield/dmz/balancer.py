@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from shield.cluster.link import ForwardFailed, ForwardStream
-from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, host_of, http_response
+from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, client_of, finish, host_of, http_response
 from shield.dmz.auth import check_client_certificate, client_identity
 from shield.cluster.membership import Candidate
 from shield.cluster.messages import ForwardRequest
@@ -130,7 +130,7 @@ class _BalancedClient(Handover):
 
     def admitted(self) -> bool:
         """This balancer's own limits, once the client is known to be its client."""
-        admitted = self.front.gate.admit(self.front.name, self.front.config.limits, host_of(self.transport.getPeer()))
+        admitted = self.front.gate.admit(self.front.name, self.front.config.limits, host_of(self.transport.getPeer()), self.client)
         if isinstance(admitted, Refusal):
             self._gone = True
             self.send_refusal(admitted.status, admitted.reason)
@@ -386,7 +386,7 @@ class BalancedHttpClient(_BalancedClient):
         if status == 401:
             headers = headers + [("WWW-Authenticate", 'Bearer realm="shield"')]
         self.transport.write(http_response(status, reason, tuple(headers)))
-        self.transport.loseConnection()
+        finish(self.transport)
 
     def lost_before_handover(self, reason: Failure) -> None:
         self._stop_timer()
@@ -425,7 +425,7 @@ class BalancedHttpFactory(Factory):
         self.head_timeout = min(front.config.limits.handshake_timeout for front, _ in routes.values())
 
     def buildProtocol(self, addr: IAddress) -> BalancedHttpClient | Refused:
-        ticket = self.gate.connection(host_of(addr))
+        ticket = self.gate.connection(host_of(addr), client_of(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=True)
         protocol = BalancedHttpClient(self.routes, self.fallback, self.gate.clock, self.head_timeout)
@@ -442,7 +442,7 @@ class BalancedTcpFactory(Factory):
         self.noisy = False
 
     def buildProtocol(self, addr: IAddress) -> BalancedTcpClient | Refused:
-        ticket = self.front.gate.connection(host_of(addr))
+        ticket = self.front.gate.connection(host_of(addr), client_of(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=False)
         protocol = BalancedTcpClient(self.front, self.accept)

@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from shield.dmz.admission import Refusal, Refused, Ticket, host_of
+from shield.dmz.admission import Refusal, Refused, Ticket, client_of, host_of
 from shield.dmz.auth import check_client_certificate
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
@@ -43,7 +43,7 @@ class PublicTcpProtocol(RelayedProtocol):
         if self.connection_ticket is not None:
             self.front.gate.hold(self.transport, self.connection_ticket)
             self.connection_ticket = None
-        admitted = self.front.admit(getattr(peer, "host", self.client))
+        admitted = self.front.admit(getattr(peer, "host", self.client), self.client)
         if isinstance(admitted, Refusal):
             self._gone = True
             self.transport.abortConnection()  # raw TCP has no status to send
@@ -118,7 +118,7 @@ class PublicTcpFactory(Factory):
         self.noisy = False
 
     def buildProtocol(self, addr: IAddress) -> PublicTcpProtocol | Refused:
-        ticket = self.front.gate.connection(host_of(addr))
+        ticket = self.front.gate.connection(host_of(addr), client_of(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=False)
         protocol = PublicTcpProtocol(self.front, self.kind)

@@ -23,7 +23,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from shield.config.model import DmzService
-from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, host_of, http_response
+from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, client_of, finish, host_of, http_response
 from shield.dmz.auth import check_client_certificate, check_token
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
@@ -115,7 +115,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.client = describe_address(peer)
-        admitted = self.front.admit(getattr(peer, "host", self.client))
+        admitted = self.front.admit(getattr(peer, "host", self.client), self.client)
         if isinstance(admitted, Refusal):
             # Refused before reading a byte: answer and go, whatever the client sends.
             self._gone = True
@@ -195,6 +195,11 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._relay is not None and payload:
             self._relay.received(self._side, payload)  # type: ignore[arg-type]
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._started:
+            return  # refused at connectionMade: the answer is on its way, the request is moot
+        super().dataReceived(data)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.front.gate.release(self.transport)
@@ -339,7 +344,7 @@ class GuardedChannel(HTTPChannel):
         site.gate.metrics.refusals.labels(service="", limit="handshake_timeout").inc()
         site.gate.note("", "handshake_timeout", f"ws client {client}: no complete request within {seconds:g} s; closed (408)")
         self.transport.write(http_response(408, f"request not completed within {seconds:g} s"))
-        self.transport.loseConnection()
+        finish(self.transport)
 
     def connectionLost(self, reason: Any) -> None:
         self._stop_head_timer()
@@ -362,7 +367,7 @@ class GuardedSite(Site):
         return Site.buildProtocol(self, addr)
 
     def buildProtocol(self, addr: Any) -> Any:
-        ticket = self.gate.connection(host_of(addr))
+        ticket = self.gate.connection(host_of(addr), client_of(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=True)
         channel = super().buildProtocol(addr)

@@ -38,9 +38,9 @@ class ServiceFront:
         self._to_client = metrics.byte_counter(self.name, TO_CLIENT)
         self.relays: set[Relay] = set()
 
-    def admit(self, host: str) -> Ticket | Refusal:
-        """Count a new client against this service's and the gateway's limits."""
-        return self.gate.admit(self.name, self.config.limits, host)
+    def admit(self, host: str, client: str = "") -> Ticket | Refusal:
+        """Count a new client against this service's limits (``client`` names it in a log line)."""
+        return self.gate.admit(self.name, self.config.limits, host, client)
 
     def limit_hit(self, limit: str, line: str) -> None:
         """A client ended by a limit after it was admitted (handshake or idle timeout)."""
