@@ -58,6 +58,8 @@ class MemberLinkProtocol(MuxProtocol):
         self._handshake_timer: IDelayedCall | None = None
         self.up_since: float | None = None
 
+    keepalive_after_handshake = True
+
     def connectionMade(self) -> None:
         super().connectionMade()
         set_no_delay(self.transport)
@@ -65,10 +67,10 @@ class MemberLinkProtocol(MuxProtocol):
 
     def _no_handshake(self) -> None:
         self._handshake_timer = None
-        log.warn("cluster link {endpoint}: no TLS handshake within {t:g} s; closed", endpoint=self.endpoint, t=HANDSHAKE_TIMEOUT)
-        self.abort("handshake timeout")
+        self.abort(f"no TLS handshake within {HANDSHAKE_TIMEOUT:g} s")
 
     def handshakeCompleted(self) -> None:
+        self.start_keepalive()
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
@@ -97,9 +99,11 @@ class MemberLinkProtocol(MuxProtocol):
             self._handshake_timer.cancel()
         self._handshake_timer = None
         never_up = self.peer_name is None
+        ours = self._close_reason  # set when this side cut the link, with why
         super().connectionLost(reason)
         # A link that never got past TLS: say why in TLS terms (refused, alert, cut mid-handshake).
-        self.node.link_lost(self, describe_tls_failure(reason) if never_up else _describe(reason, self))
+        why = (ours or describe_tls_failure(reason)) if never_up else _describe(reason, self)
+        self.node.link_lost(self, why)
 
     @property
     def usable(self) -> bool:

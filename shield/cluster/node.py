@@ -23,6 +23,7 @@ from shield.config.model import DmzCluster, Uri
 from shield.mux.config import MuxConfig
 from shield.mux.errors import MuxError
 from shield.net import describe_address, stream_client_endpoint, tcp_server_endpoint
+from shield.ops.ratelog import RateLimitedLog
 from shield.tls.transport import LinkTLSEndpoint, LinkTLSFactory
 
 log = Logger(namespace="shield.cluster")
@@ -89,7 +90,8 @@ class ClusterNode:
         #: Clients forwarded to each peer since its last heartbeat: heartbeats are a second
         #: apart, and a burst must not all go to the member that was least busy a second ago.
         self._forwarded_since: dict[str, int] = {}
-        self._link_failures: dict[str, str] = {}  # endpoint -> last reason logged
+        self._link_failures: dict[str, str] = {}  # endpoint dialled -> last reason logged
+        self._bad_peers = RateLimitedLog(log, reactor)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -213,15 +215,17 @@ class ClusterNode:
     def link_lost(self, link: MemberLinkProtocol, reason: str) -> None:
         if link not in self.links:
             # A link that never became a member link: refused in TLS (by us or by the peer), or
-            # cut during the handshake. Said once per endpoint until it works or the reason changes.
+            # cut during the handshake. Dialled: once per endpoint until it works or the reason
+            # changes. Accepted: first line at once, then one a second with a count per host.
             if not self._stopping and link.endpoint not in self._self_endpoints:
-                # An accepted link comes from a new port each time: one line per host.
-                key = link.endpoint if link.dialled else link.endpoint.rsplit(":", 1)[0]
-                if self._link_failures.get(key) != reason:
-                    self._link_failures[key] = reason
-                    direction = "to" if link.dialled else "from"
-                    log.warn("cluster {cluster}: no member link {direction} {endpoint}: {reason}",
-                             cluster=self.cluster_name, direction=direction, endpoint=link.endpoint, reason=reason)  # fmt: skip
+                if link.dialled:
+                    if self._link_failures.get(link.endpoint) != reason:
+                        self._link_failures[link.endpoint] = reason
+                        log.warn("cluster {cluster}: no member link to {endpoint}: {reason}",
+                                 cluster=self.cluster_name, endpoint=link.endpoint, reason=reason)  # fmt: skip
+                else:
+                    host = link.endpoint.rsplit(":", 1)[0]
+                    self._bad_peers.warn(host, f"cluster {self.cluster_name}: no member link from {link.endpoint}: {reason}")
             return
         self.links.discard(link)
         name = link.peer_name or "?"

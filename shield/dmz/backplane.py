@@ -23,6 +23,7 @@ from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
 from shield.mux.protocol import MuxProtocol
 from shield.net import describe_address, set_no_delay
+from shield.ops.ratelog import RateLimitedLog
 from shield.tls.identity import peer_identity
 
 #: How long a connector has, once TLS is up, to announce itself.
@@ -50,13 +51,17 @@ class DmzLinkProtocol(MuxProtocol):
         self._control_taken = False
         self._announce_timer = None
         self.control: ControlStream | None = None
+        self._said_why = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         set_no_delay(self.transport)
         self._announce_timer = self.backplane.clock.callLater(ANNOUNCE_TIMEOUT, self._no_announcement)
 
+    keepalive_after_handshake = True
+
     def handshakeCompleted(self) -> None:
+        self.start_keepalive()
         self.identity = peer_identity(self.transport)
         log.info("link from {peer}: TLS up, connector identity {identity!r}", peer=self.peer, identity=self.identity)
 
@@ -161,8 +166,11 @@ class DmzLinkProtocol(MuxProtocol):
 
     def _no_announcement(self) -> None:
         self._announce_timer = None
-        log.warn(
-            "link from {peer}: no announcement within {timeout:g} s; closing", peer=self.peer, timeout=ANNOUNCE_TIMEOUT
+        self._said_why = True
+        what = "TLS handshake" if self.identity is None else "announcement"
+        self.backplane.bad_peers.warn(
+            ("no announcement", self.peer.rsplit(":", 1)[0]),
+            f"link from {self.peer}: no {what} within {ANNOUNCE_TIMEOUT:g} s; closed",
         )
         if self.transport is not None:
             self.transport.abortConnection()
@@ -180,8 +188,11 @@ class DmzLinkProtocol(MuxProtocol):
                 "link from {peer}: connector {identity!r} link down: {reason}",
                 peer=self.peer, identity=self.identity, reason=_describe(reason, self),
             )
-        elif self.identity is None:
-            log.info("link from {peer}: closed before TLS completed: {reason}", peer=self.peer, reason=_describe(reason, self))
+        elif self.identity is None and not self._said_why:
+            self.backplane.bad_peers.warn(
+                ("before TLS", self.peer.rsplit(":", 1)[0]),
+                f"link from {self.peer}: closed before TLS completed: {_describe(reason, self)}",
+            )
         super().connectionLost(reason)
 
 
@@ -247,6 +258,7 @@ class BackplaneFactory(Factory):
         self.registry = registry
         self.clock = clock
         self.protocols: set[DmzLinkProtocol] = set()
+        self.bad_peers = RateLimitedLog(log, clock)
         self.noisy = False
 
     def buildProtocol(self, addr: IAddress) -> DmzLinkProtocol:

@@ -346,6 +346,22 @@ class GuardedChannel(HTTPChannel):
         self.transport.write(http_response(408, f"request not completed within {seconds:g} s"))
         finish(self.transport)
 
+    def _bad_request(self, why: str) -> None:
+        site: GuardedSite = self.site  # type: ignore[assignment]
+        self._stop_head_timer()
+        client = describe_address(self.transport.getPeer())
+        site.gate.metrics.refusals.labels(service="", limit="bad_request").inc()
+        site.gate.note("", "bad_request", f"ws client {client}: {why}; closed (400)")
+
+    def lineLengthExceeded(self, line: bytes) -> Any:
+        self._bad_request(f"request or header line over {self.MAX_LENGTH} bytes")
+        self.transport.write(http_response(400, "request or header line too long"))
+        return self.transport.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._bad_request("malformed or oversized request head")
+        super()._respondToBadRequestAndDisconnect()
+
     def connectionLost(self, reason: Any) -> None:
         self._stop_head_timer()
         site: GuardedSite = self.site  # type: ignore[assignment]

@@ -183,8 +183,16 @@ class MuxProtocol(Protocol):
                 set_no_delay(True)
             except OSError:
                 pass
+        if not self.keepalive_after_handshake:
+            self.start_keepalive()
+
+    #: A link under TLS pings only once TLS is up: before that its handshake deadline rules, and
+    #: a peer that never finishes TLS gets one reason, not two.
+    keepalive_after_handshake = False
+
+    def start_keepalive(self) -> None:
         interval = self.config.keepalive_interval
-        if interval > 0:
+        if interval > 0 and self._keepalive is None and self._connected:
             self._keepalive = LoopingCall(self._keepalive_tick)
             self._keepalive.clock = self._clock
             self._keepalive.start(interval, now=False)

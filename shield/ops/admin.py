@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client.twisted import MetricsResource
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+
+log = Logger(namespace="shield.ops.admin")
+
+#: Seconds an admin client may stay silent (probes answer in milliseconds).
+ADMIN_TIMEOUT = 10.0
 
 #: A readiness check answers (ready, lines explaining what is missing when not).
 ReadinessCheck = Callable[[], tuple[bool, list[str]]]
@@ -27,6 +34,27 @@ class _Text(Resource):
         return (body.rstrip("\n") + "\n").encode()
 
 
+class _AdminChannel(HTTPChannel):
+    """An admin connection: a bad request is closed with one log line (HTTPChannel says nothing)."""
+
+    def _bad(self, why: str) -> None:
+        peer = self.transport.getPeer()
+        log.warn("admin client {host}:{port}: {why}; closed (400)", host=getattr(peer, "host", "?"), port=getattr(peer, "port", "?"), why=why)
+
+    def lineLengthExceeded(self, line: bytes) -> object:
+        self._bad(f"request or header line over {self.MAX_LENGTH} bytes")
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+        return self.transport.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._bad("malformed or oversized request head")
+        super()._respondToBadRequestAndDisconnect()
+
+    def timeoutConnection(self) -> None:
+        self._bad(f"silent for {ADMIN_TIMEOUT:g} s")
+        super().timeoutConnection()
+
+
 def admin_site(readiness: ReadinessCheck, registry: object) -> Site:
     """/healthz: 200 while the process runs; /readyz: 200 or 503 with what is missing."""
 
@@ -43,7 +71,8 @@ def admin_site(readiness: ReadinessCheck, registry: object) -> Site:
     root.putChild(b"healthz", _Text(healthz))
     root.putChild(b"readyz", _Text(readyz))
     root.putChild(b"metrics", MetricsResource(registry=registry))
-    site = Site(root)
+    site = Site(root, timeout=ADMIN_TIMEOUT)
+    site.protocol = _AdminChannel
     site.noisy = False
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]  # probes every second: no access log
