@@ -354,6 +354,11 @@ class GuardedChannel(HTTPChannel):
         site.gate.note("", "bad_request", f"ws client {client}: {why}; closed (400)")
 
     def lineLengthExceeded(self, line: bytes) -> Any:
+        # Called again for every read of a long line until the socket closes: answer once.
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        if getattr(self, "_answered_bad", False):
+            return None
+        self._answered_bad = True
         self._bad_request(f"request or header line over {self.MAX_LENGTH} bytes")
         self.transport.write(http_response(400, "request or header line too long"))
         return self.transport.loseConnection()

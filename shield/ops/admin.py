@@ -42,6 +42,11 @@ class _AdminChannel(HTTPChannel):
         log.warn("admin client {host}:{port}: {why}; closed (400)", host=getattr(peer, "host", "?"), port=getattr(peer, "port", "?"), why=why)
 
     def lineLengthExceeded(self, line: bytes) -> object:
+        # Called again for every read of a long line until the socket closes: answer once.
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        if getattr(self, "_answered_bad", False):
+            return None
+        self._answered_bad = True
         self._bad(f"request or header line over {self.MAX_LENGTH} bytes")
         self.transport.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
         return self.transport.loseConnection()

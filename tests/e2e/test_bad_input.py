@@ -9,11 +9,10 @@ timeout that must end a bad peer there (``close_bound``):
 - ``tcp``: frontplane tcp://: no handshake, every byte is payload: ``idle-timeout``;
 - ``bws``: the balancer's ws:// (balancer.BalancedHttpFactory): ``handshake-timeout``;
 - ``btcp``: the balancer's tcp:// (proxy): ``idle-timeout``, at whichever member serves it;
-- ``backplane``: mutual TLS, where connectors dial in: ``backplane.ANNOUNCE_TIMEOUT`` (10 s; the
-  link keepalive, 1 s x 3 misses here, ends it sooner);
-- ``cluster``: mutual TLS, where members dial in: ``cluster.link.HANDSHAKE_TIMEOUT`` (10 s; same);
-- ``admin``: HTTP /healthz /readyz /metrics: none of its own (see ``KNOWN_BUGS``); held to
-  ``handshake-timeout`` like the public HTTP ports.
+- ``backplane``: mutual TLS, where connectors dial in: ``backplane.ANNOUNCE_TIMEOUT`` (10 s, from
+  the TCP accept: TLS and the announcement must both be done by then);
+- ``cluster``: mutual TLS, where members dial in: ``cluster.link.HANDSHAKE_TIMEOUT`` (10 s);
+- ``admin``: HTTP /healthz /readyz /metrics: ``ops.admin.ADMIN_TIMEOUT`` (10 s of silence).
 
 ``[dmz.limits]`` sets handshake-timeout = 2 s and idle-timeout = 3 s to keep the test short.
 
@@ -37,23 +36,26 @@ the peer is then ended by ``idle-timeout``.
 - ``close``: the gateway closes every bad peer within the port's timeout plus ``SLACK``; a peer
   that ended its own input (``shut``) within ``PROMPT``;
 - ``log``: what docs/security.md promises: one log line per bad peer, or under a flood the first
-  line and then one summary a second with the count (``admission.ClientGate.note``). Every bad peer
-  the gateway ends is accounted for exactly once: named in one line, or counted in a summary, and
-  never named twice. A peer that ended its input itself may be logged (at most once) or not:
-  shield logs no line for a client that leaves;
+  line and then one summary a second with the count (``admission.ClientGate.note``,
+  ``ops.ratelog.RateLimitedLog``). Every bad peer the gateway ends is accounted for exactly once:
+  named in one line, or counted in a summary, and never named twice. A peer that ended its input
+  itself may be logged (at most once) or not: shield logs no line for a client that leaves;
 - ``traceback``: no traceback, error or critical line in any process's log; every process alive;
 - ``leak``: the open file descriptors of both members return to their baseline once the bad
   peers are gone;
 - ``echo`` (raw tcp ports): the payload came back intact.
 
-A case in ``KNOWN_BUGS`` is marked xfail(strict=True, raises=KnownBug): only the categories it
-names raise ``KnownBug``; a problem in any other category fails the case for real, and a known bug
-that no longer shows makes the case XPASS, which strict turns into a failure.
+Before 1316fd7 the suite found, and that commit fixed: ws and admin ports that closed a
+malformed or oversized request head without a log line; an admin port that held a silent client
+for twisted's default 60 s; backplane and cluster peers that never finished TLS logged twice (the
+mux keepalive ran before TLS); refused cluster peers logged once per source host for the life of
+the process, with no count.
 
 ``test_flood_memory_and_fds`` sends 500 peers of every kind to every port (all ports at once, one
 kind after the other), twice: the first round is the warm-up; over the second, the RSS of each
 member must grow by less than ``RSS_BOUND_KIB``, its open fds return to the baseline, the good
-clients be served throughout and no process log a traceback.
+clients be served throughout and no process log a traceback. In both rounds every peer must be
+closed by the gateway and accounted for once in the logs, as above (over all ports together).
 
 The figures (time to close, log lines, fds and RSS per case; per port and kind in the flood) are
 printed: run with ``-s`` to see them.
@@ -66,8 +68,10 @@ import os
 import random
 import re
 import resource
+import socket
 import ssl
 import statistics
+import struct
 import threading
 import time
 from collections import Counter
@@ -81,6 +85,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from shield.cluster.link import HANDSHAKE_TIMEOUT as CLUSTER_HANDSHAKE_TIMEOUT
 from shield.dmz.backplane import ANNOUNCE_TIMEOUT
+from shield.ops.admin import ADMIN_TIMEOUT
 
 #: ``[dmz.limits]`` of both members: short, so that every case takes a few seconds.
 HANDSHAKE_TIMEOUT = 2.0
@@ -131,62 +136,15 @@ GARBAGE_SIZES = [16, 512, 4096, 65536, 0]
 
 def close_bound(port: str) -> float:
     """The timeout that must end a bad peer on ``port`` (before ``SLACK``)."""
-    if port in ("ws", "bws", "admin"):
+    if port in ("ws", "bws"):
         return HANDSHAKE_TIMEOUT
+    if port == "admin":
+        return ADMIN_TIMEOUT
     if port in ("tcp", "btcp"):
         return IDLE_TIMEOUT
     if port == "backplane":
         return ANNOUNCE_TIMEOUT
     return CLUSTER_HANDSHAKE_TIMEOUT
-
-
-# -- the bugs this suite found ------------------------------------------------------------------
-
-
-class KnownBug(Exception):
-    """A problem in a category ``KNOWN_BUGS`` lists for the case: what the xfail expects."""
-
-
-@dataclass(frozen=True)
-class Bug:
-    categories: frozenset[str]
-    reason: str
-
-
-_WS_SILENT_REFUSAL = (
-    "shield/dmz/frontplane_ws.py GuardedChannel (a twisted.web HTTPChannel) logs only its own "
-    "handshake timeout (_head_too_slow): a peer twisted refuses by itself gets no log line: a request "
-    "or header line over 16 KiB (LineReceiver.MAX_LENGTH: closed without an answer), a head over "
-    "16 KiB in all (totalHeadersSize: 400), a malformed request line (400)"
-)
-_ADMIN = (
-    "shield/ops/admin.py admin_site is a plain twisted.web Site: no handshake timeout of its own (a "
-    "silent or incomplete request is held until twisted's default HTTPFactory timeout, 60 s, "
-    "twisted.web.http._REQUEST_TIMEOUT; [dmz.limits] handshake-timeout does not apply), no cap on "
-    "connections, and no log line for any bad peer (malformed, oversized or slow)"
-)
-_ADMIN_LOG = (
-    "shield/ops/admin.py admin_site: twisted refuses an oversized head at once (400 or close), "
-    "but nothing logs the peer"
-)
-_MUX_TWICE = (
-    "two log lines per peer that never finishes TLS: the mux keepalive (shield/mux/protocol.py "
-    "MuxProtocol.connectionMade starts pings at TCP accept, before TLS) ends it with "
-    "'mux PEER: session ended: keepalive timeout' and then "
-)
-_BACKPLANE_TWICE = _MUX_TWICE + (
-    "shield/dmz/backplane.py DmzLinkProtocol.connectionLost logs 'link from PEER: closed before TLS "
-    "completed' (with the default keepalive, _no_announcement and connectionLost log twice the same way)"
-)
-_CLUSTER_DEDUP = (
-    "shield/cluster/node.py ClusterNode.link_lost logs a failed accepted link once per (source host, "
-    "reason), with no count, and never again for the life of the process (link_ready pops "
-    "link.endpoint, host:port, while link_lost keyed it by host): other bad peers from that host "
-    "get no line and no summary"
-)
-_CLUSTER_TWICE = _MUX_TWICE + "ClusterNode.link_lost logs 'no member link from PEER' (" + _CLUSTER_DEDUP + ")"
-
-KNOWN_BUGS: dict[tuple[str, str], Bug] = {}
 
 
 # -- what bad peers send -----------------------------------------------------------------------
@@ -244,7 +202,7 @@ def payload(port: str, kind: str, index: int, flood: bool = False) -> bytes:
     return b""  # silent
 
 
-def must_log(port: str, kind: str) -> bool:
+def must_log(kind: str) -> bool:
     """Does the gateway end this peer (so it owes a log line), or did the peer leave by itself?"""
     return kind != "shut"
 
@@ -265,29 +223,40 @@ class Peer:
 
 
 async def bad_peer(
-    address: tuple[str, int], data: bytes, shut: bool, peer: Peer, deadline: float, connects: asyncio.Semaphore, keep: bool
+    address: tuple[str, int],
+    data: bytes,
+    shut: bool,
+    peer: Peer,
+    deadline: float,
+    connects: asyncio.Semaphore,
+    keep: bool,
+    sockets: list[socket.socket],
 ) -> Peer:
+    """One bad peer, on a raw socket that stays open (bound to its address) until the whole batch
+    is over: a closed peer's port is not handed to another peer of the batch, so an address names
+    one peer in the gateway's log."""
     loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sockets.append(sock)
+    sock.setblocking(False)
     async with connects:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address[0], address[1], local_addr=(peer.source, 0)), WAIT
-            )
+            sock.bind((peer.source, 0))
+            await asyncio.wait_for(loop.sock_connect(sock, address), WAIT)
         except (OSError, asyncio.TimeoutError) as error:
             peer.connect_error = repr(error)
             return peer
-    host, port = writer.get_extra_info("sockname")[:2]
+    host, port = sock.getsockname()[:2]
     peer.local = f"{host}:{port}"
     started = loop.time()
 
     async def send() -> None:
         try:
             if data:
-                writer.write(data)
-                await writer.drain()
+                await loop.sock_sendall(sock, data)
             if shut:
-                writer.write_eof()
-        except (OSError, RuntimeError):
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
             pass  # the gateway closed first: the reader sees it
 
     sending = asyncio.create_task(send())
@@ -297,7 +266,7 @@ async def bad_peer(
             if remaining <= 0:
                 break
             try:
-                chunk = await asyncio.wait_for(reader.read(1 << 16), remaining)
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), remaining)
             except asyncio.TimeoutError:
                 break
             except OSError as error:
@@ -311,7 +280,7 @@ async def bad_peer(
                 peer.received += chunk
     finally:
         sending.cancel()
-        writer.transport.abort()
+        await asyncio.gather(sending, return_exceptions=True)
     return peer
 
 
@@ -320,6 +289,7 @@ async def _batch(
 ) -> dict[str, list[Peer]]:
     loop = asyncio.get_running_loop()
     start = loop.time()
+    sockets: list[socket.socket] = []
     jobs: dict[str, list[asyncio.Task[Peer]]] = {}
     for port, address in targets.items():
         connects = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
@@ -327,12 +297,21 @@ async def _batch(
         jobs[port] = [
             asyncio.create_task(
                 bad_peer(
-                    address, payload(port, kind, i, flood), kind == "shut", Peer(i, sources[i % len(sources)]), deadline, connects, not flood
-                )
+                    address, payload(port, kind, i, flood), kind == "shut", Peer(i, sources[i % len(sources)]),
+                    deadline, connects, not flood, sockets,
+                )  # fmt: skip
             )
             for i in range(count)
         ]
-    return {port: list(await asyncio.gather(*tasks)) for port, tasks in jobs.items()}
+    try:
+        return {port: list(await asyncio.gather(*tasks)) for port, tasks in jobs.items()}
+    finally:
+        for sock in sockets:  # abort: a reset, as a peer that vanishes; nothing lingers here
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            sock.close()
 
 
 def send_bad_peers(
@@ -519,7 +498,8 @@ class LogCursor:
 
 
 ADDRESS = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3}:\d{1,5})(?!\d)")
-SUMMARY = re.compile(r"(\d+) more refused by (\S+) for '([^']*)' in the last second \(last: (.*)\)")
+#: A rate-limited summary: ``admission.ClientGate.note`` or ``ops.ratelog.RateLimitedLog``.
+SUMMARY = re.compile(r"(\d+) more (?:refused by \S+ for '[^']*'|like this) in the last second \(last: (.*)\)")
 BAD_LINE = re.compile(r"Traceback|Unhandled|#critical\]|#error\]")
 
 
@@ -541,7 +521,7 @@ def account(lines: list[str], peers: set[str]) -> LogAccount:
             bad.append(line)
         summary = SUMMARY.search(line)
         if summary is not None:
-            last = ADDRESS.findall(summary.group(4))
+            last = ADDRESS.findall(summary.group(2))
             if any(address in peers for address in last):
                 summarised += int(summary.group(1))
                 count += 1
@@ -703,9 +683,7 @@ class Problem:
 def _cases() -> Iterator[object]:
     for port in PORTS:
         for kind in KINDS:
-            bug = KNOWN_BUGS.get((port, kind))
-            marks = [pytest.mark.xfail(strict=True, raises=KnownBug, reason=bug.reason)] if bug else []
-            yield pytest.param(port, kind, marks=marks, id=f"{port}-{kind}")
+            yield pytest.param(port, kind, id=f"{port}-{kind}")
 
 
 def _summary(values: list[float]) -> str:
@@ -754,7 +732,7 @@ def test_bad_peers(rig: Rig, port: str, kind: str) -> None:
         shown = [line for line in lines if example in line and not SUMMARY.search(line)]
         problems.append(Problem("log", f"{len(twice)} peers named in more than one line, e.g. {example}:\n  " + "\n  ".join(shown)))
     accounted = len(tally.named) + tally.summarised
-    if must_log(port, kind):
+    if must_log(kind):
         if accounted != len(connected):
             missing = sorted(names - set(tally.named))
             example = next((p for p in connected if p.local in missing), None)
@@ -784,20 +762,19 @@ def test_bad_peers(rig: Rig, port: str, kind: str) -> None:
     rig.figures.append(figure)
     print("\n" + figure)
 
-    bug = KNOWN_BUGS.get((port, kind))
-    known = bug.categories if bug else frozenset()
-    unexpected = [p for p in problems if p.category not in known]
-    assert not unexpected, f"{port}/{kind}:\n" + "\n".join(f"[{p.category}] {p.text}" for p in unexpected)
-    expected = [p for p in problems if p.category in known]
-    if expected:
-        raise KnownBug(f"{port}/{kind}:\n" + "\n".join(f"[{p.category}] {p.text}" for p in expected))
+    assert not problems, f"{port}/{kind}:\n" + "\n".join(f"[{p.category}] {p.text}" for p in problems)
 
 
 # -- the flood -----------------------------------------------------------------------------------
 
 
 def _flood(rig: Rig, count: int, label: str) -> list[str]:
-    """``count`` peers of each kind against every port at once, one kind after another."""
+    """``count`` peers of each kind against every port at once, one kind after another.
+
+    Every peer must be closed by the gateway, and the logs must account for each bad peer the
+    gateway ended exactly once (named in one line or counted in a summary), over all ports: the
+    ws ports share their rate-limit keys, so a summary may count peers of several ports.
+    """
     problems = []
     for kind in KINDS:
         rig.mark_logs()
@@ -805,25 +782,33 @@ def _flood(rig: Rig, count: int, label: str) -> list[str]:
         # Enough time for the slowest port's timeout, plus a queue of connection attempts.
         results = send_bad_peers(rig.targets, kind, count, FLOOD_SOURCES, lambda port: close_bound(port) + SLACK + 10.0, flood=True)
         took = time.monotonic() - started
+        time.sleep(LOG_SETTLE)
         lines = rig.new_lines()
-        total = sum(len(peers) for peers in results.values())
+        connected = [p for peers in results.values() for p in peers if not p.connect_error]
         per_port = []
         for port, peers in results.items():
             failed = [p for p in peers if p.connect_error]
             open_ = [p for p in peers if not p.connect_error and p.closed_after is None]
             closes = [p.closed_after for p in peers if p.closed_after is not None]
-            per_port.append(f"{port} {_summary(closes)}" + (f" ({len(open_)} not closed)" if open_ else ""))
+            logged = account(lines, {p.local for p in peers if p.local}).lines
+            per_port.append(f"{port} {_summary(closes)}, {logged} lines" + (f" ({len(open_)} not closed)" if open_ else ""))
             if failed:
                 problems.append(f"{label} {kind}: {len(failed)} of {count} peers could not connect to {port}: {failed[0].connect_error}")
-            bug = KNOWN_BUGS.get((port, kind))
-            if open_ and not (bug and "close" in bug.categories):
+            if open_:
                 problems.append(f"{label} {kind}: {len(open_)} of {count} peers on {port} never closed by the gateway")
-        tally = account(lines, {p.local for peers in results.values() for p in peers if p.local})
+        tally = account(lines, {p.local for p in connected})
         problems += [f"{label} {kind}: {line}" for line in tally.bad]
+        twice = [peer for peer, n in tally.named.items() if n > 1]
+        if twice:
+            problems.append(f"{label} {kind}: {len(twice)} peers named in more than one line, e.g. {twice[0]}")
+        accounted = len(tally.named) + tally.summarised
+        if (accounted != len(connected)) if must_log(kind) else (accounted > len(connected)):
+            problems.append(
+                f"{label} {kind}: {len(connected)} bad peers, {len(tally.named)} named in a line, {tally.summarised} in summaries"
+            )
         figure = (
-            f"{label} {kind:<9}: {total} peers in {took:.1f} s; {len(lines)} log lines "
-            f"({tally.lines} about these peers, {tally.summarised} peers in summaries); closed min/median/max: "
-            + "; ".join(per_port)
+            f"{label} {kind:<9}: {len(connected)} peers in {took:.1f} s; {len(lines)} log lines ({tally.lines} about these "
+            f"peers: {len(tally.named)} named, {tally.summarised} in summaries); closed min/median/max: " + "; ".join(per_port)
         )  # fmt: skip
         rig.figures.append(figure)
         print(figure)
