@@ -317,6 +317,7 @@ class BalancedHttpClient(_BalancedClient):
         self.clock = clock
         self.head_timeout = head_timeout
         self._head = b""
+        self._answered = False
         self._timer: IDelayedCall | None = None
         self._target = ""
 
@@ -337,6 +338,8 @@ class BalancedHttpClient(_BalancedClient):
         self._timer = None
 
     def before_choice(self, data: bytes) -> None:
+        if self._answered:
+            return  # refused already: what else it sends changes nothing (and logs nothing)
         self._head += data
         end = self._head.find(b"\r\n\r\n")
         if end < 0:
@@ -380,6 +383,7 @@ class BalancedHttpClient(_BalancedClient):
         self._respond(302, "", [("Location", location)])
 
     def send_refusal(self, status: int, reason: str) -> None:
+        self._answered = True
         self._respond(status, reason)
 
     def _respond(self, status: int, reason: str, headers: list[tuple[str, str]] = []) -> None:
