@@ -49,13 +49,19 @@ Before 1316fd7 the suite found, and that commit fixed: ws and admin ports that c
 malformed or oversized request head without a log line; an admin port that held a silent client
 for twisted's default 60 s; backplane and cluster peers that never finished TLS logged twice (the
 mux keepalive ran before TLS); refused cluster peers logged once per source host for the life of
-the process, with no count.
+the process, with no count. Still open: ``KNOWN_BUGS``. A case listed there is
+xfail(strict=True, raises=KnownBug): only the categories it names may fail (they raise
+``KnownBug``), a problem of any other category fails the case for real, and a fixed bug makes the
+case XPASS, which strict turns into a failure.
 
 ``test_flood_memory_and_fds`` sends 500 peers of every kind to every port (all ports at once, one
 kind after the other), twice: the first round is the warm-up; over the second, the RSS of each
 member must grow by less than ``RSS_BOUND_KIB``, its open fds return to the baseline, the good
 clients be served throughout and no process log a traceback. In both rounds every peer must be
-closed by the gateway and accounted for once in the logs, as above (over all ports together).
+closed by the gateway and accounted for once in the logs, as above (over all ports together,
+leaving out a (port, kind) whose logging is a known bug). The connector's max-pending-opens is
+raised for this: 1000 raw tcp peers at once are 1000 tunnel opens, and that limit (tested in
+test_hostile_dmz) would answer good clients 503 too.
 
 The figures (time to close, log lines, fds and RSS per case; per port and kind in the flood) are
 printed: run with ``-s`` to see them.
@@ -64,6 +70,7 @@ printed: run with ``-s`` to see them.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import re
@@ -102,9 +109,11 @@ FLOOD_PEERS = 500
 FLOOD_SOURCES = [f"127.0.0.{100 + i}" for i in range(32)]
 #: What an ``oversized`` peer sends a raw tcp port in a flood (see ``payload``).
 FLOOD_RAW_BYTES = 16 * 1024
+#: The connector's max-pending-opens (see the fixture).
+PENDING_OPENS = 4096
 #: Connection attempts in flight per port during a flood (the listen backlog is 50).
 CONNECTS_IN_FLIGHT = 40
-#: How much each member's RSS may grow over the whole flood.
+#: How much each member's RSS may grow over the second round of the flood (after a same-size warm-up).
 RSS_BOUND_KIB = 8 * 1024
 #: Time for the last log lines (and rate-limited summaries, one a second) to arrive.
 LOG_SETTLE = 1.6
@@ -145,6 +154,36 @@ def close_bound(port: str) -> float:
     if port == "backplane":
         return ANNOUNCE_TIMEOUT
     return CLUSTER_HANDSHAKE_TIMEOUT
+
+
+# -- the bugs this suite finds ------------------------------------------------------------------
+
+
+class KnownBug(Exception):
+    """A problem in a category that ``KNOWN_BUGS`` lists for the case: what its xfail expects."""
+
+
+@dataclass(frozen=True)
+class Bug:
+    categories: frozenset[str]
+    reason: str
+
+
+_ADMIN_TIMEOUT_TWICE = (
+    "two log lines per admin peer ended by the admin timeout: shield/ops/admin.py "
+    "_AdminChannel.timeoutConnection logs 'admin client HOST:PORT: silent for 10 s; closed (400)' "
+    "(no 400 is sent) and then calls twisted's HTTPChannel.timeoutConnection, which logs its own "
+    "'Timing out client: IPv4Address(...)' (info)"
+)
+
+#: (port, kind) -> the categories of problem known to show there, and why. Such a case is
+#: xfail(strict=True, raises=KnownBug): a problem of another category fails it for real, and a
+#: fixed bug makes it XPASS, which strict turns into a failure.
+KNOWN_BUGS: dict[tuple[str, str], Bug] = {
+    ("admin", "garbage"): Bug(frozenset({"log"}), _ADMIN_TIMEOUT_TWICE + " (the garbage without a line break)"),
+    ("admin", "truncated"): Bug(frozenset({"log"}), _ADMIN_TIMEOUT_TWICE),
+    ("admin", "silent"): Bug(frozenset({"log"}), _ADMIN_TIMEOUT_TWICE),
+}
 
 
 # -- what bad peers send -----------------------------------------------------------------------
@@ -222,6 +261,31 @@ class Peer:
     received: bytearray = field(default_factory=bytearray)  # kept only when asked (the echo check)
 
 
+#: Source ports of bad peers, per source address: explicit, and not from the ephemeral range.
+PEER_PORTS = range(10000, 30000)
+_next_port: dict[str, int] = {}
+
+
+def bind_peer(sock: socket.socket, source: str) -> None:
+    """Bind ``sock`` to ``source`` and a port of its own, the next one free in ``PEER_PORTS``.
+
+    Not port 0: Linux releases a port it chose itself as soon as the connection is reset (at
+    TCP_CLOSE), while the socket is still open, so the next peer of a batch could get it and two
+    peers would share an address in the gateway's log. A port given to bind() stays with its
+    socket until it is closed.
+    """
+    for _ in range(1000):
+        port = _next_port.get(source, PEER_PORTS.start)
+        _next_port[source] = port + 1 if port + 1 < PEER_PORTS.stop else PEER_PORTS.start
+        try:
+            sock.bind((source, port))
+            return
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, f"no free port on {source} in {PEER_PORTS}")
+
+
 async def bad_peer(
     address: tuple[str, int],
     data: bytes,
@@ -232,16 +296,15 @@ async def bad_peer(
     keep: bool,
     sockets: list[socket.socket],
 ) -> Peer:
-    """One bad peer, on a raw socket that stays open (bound to its address) until the whole batch
-    is over: a closed peer's port is not handed to another peer of the batch, so an address names
-    one peer in the gateway's log."""
+    """One bad peer, on a raw socket that stays open (bound to its address, see ``bind_peer``)
+    until the whole batch is over, so that an address names one peer in the gateway's log."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sockets.append(sock)
     sock.setblocking(False)
     async with connects:
         try:
-            sock.bind((peer.source, 0))
+            bind_peer(sock, peer.source)
             await asyncio.wait_for(loop.sock_connect(sock, address), WAIT)
         except (OSError, asyncio.TimeoutError) as error:
             peer.connect_error = repr(error)
@@ -498,6 +561,14 @@ class LogCursor:
 
 
 ADDRESS = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3}:\d{1,5})(?!\d)")
+#: How twisted's own lines name a peer: IPv4Address(type='TCP', host='127.0.0.100', port=10001).
+TWISTED_ADDRESS = re.compile(r"host='(\d{1,3}(?:\.\d{1,3}){3})', port=(\d{1,5})")
+
+
+def addresses(text: str) -> set[str]:
+    """Every host:port a log line names, in shield's form or twisted's."""
+    return set(ADDRESS.findall(text)) | {f"{host}:{port}" for host, port in TWISTED_ADDRESS.findall(text)}
+
 #: A rate-limited summary: ``admission.ClientGate.note`` or ``ops.ratelog.RateLimitedLog``.
 SUMMARY = re.compile(r"(\d+) more (?:refused by \S+ for '[^']*'|like this) in the last second \(last: (.*)\)")
 BAD_LINE = re.compile(r"Traceback|Unhandled|#critical\]|#error\]")
@@ -521,12 +592,12 @@ def account(lines: list[str], peers: set[str]) -> LogAccount:
             bad.append(line)
         summary = SUMMARY.search(line)
         if summary is not None:
-            last = ADDRESS.findall(summary.group(2))
+            last = addresses(summary.group(2))
             if any(address in peers for address in last):
                 summarised += int(summary.group(1))
                 count += 1
             continue
-        mentioned = {address for address in ADDRESS.findall(line) if address in peers}
+        mentioned = addresses(line) & peers
         for address in mentioned:
             named[address] += 1
         count += bool(mentioned)
@@ -624,7 +695,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             path = cluster.write_member(member)
             path.write_text(path.read_text().replace("[dmz.backplane]\n", LIMITS + "[dmz.backplane]\n", 1))
         backend, port = topology.start_backend("echo")
-        cluster.write_connector("c1", f"tcp://127.0.0.1:{port}")
+        path = cluster.write_connector("c1", f"tcp://127.0.0.1:{port}")
+        # 1000 raw tcp peers at once are 1000 tunnel opens: the connector's max-pending-opens (256
+        # per link, 503 beyond it) would refuse good clients too. That limit is not under test here.
+        path.write_text(path.read_text().replace("[internal]\n", f"[internal]\nmax-pending-opens = {PENDING_OPENS}\n", 1))
         members = {member: cluster.start_member(member, wait=False) for member in cluster.members}
         for process in members.values():
             process.wait_for_log("ready for connectors")
@@ -683,7 +757,9 @@ class Problem:
 def _cases() -> Iterator[object]:
     for port in PORTS:
         for kind in KINDS:
-            yield pytest.param(port, kind, id=f"{port}-{kind}")
+            bug = KNOWN_BUGS.get((port, kind))
+            marks = [pytest.mark.xfail(strict=True, raises=KnownBug, reason=bug.reason)] if bug else []
+            yield pytest.param(port, kind, marks=marks, id=f"{port}-{kind}")
 
 
 def _summary(values: list[float]) -> str:
@@ -762,10 +838,21 @@ def test_bad_peers(rig: Rig, port: str, kind: str) -> None:
     rig.figures.append(figure)
     print("\n" + figure)
 
-    assert not problems, f"{port}/{kind}:\n" + "\n".join(f"[{p.category}] {p.text}" for p in problems)
+    bug = KNOWN_BUGS.get((port, kind))
+    known = bug.categories if bug else frozenset()
+    unexpected = [p for p in problems if p.category not in known]
+    assert not unexpected, f"{port}/{kind}:\n" + "\n".join(f"[{p.category}] {p.text}" for p in unexpected)
+    expected = [p for p in problems if p.category in known]
+    if expected:
+        raise KnownBug(f"{port}/{kind}:\n" + "\n".join(f"[{p.category}] {p.text}" for p in expected))
 
 
 # -- the flood -----------------------------------------------------------------------------------
+
+
+def _known(port: str, kind: str) -> frozenset[str]:
+    bug = KNOWN_BUGS.get((port, kind))
+    return bug.categories if bug else frozenset()
 
 
 def _flood(rig: Rig, count: int, label: str) -> list[str]:
@@ -796,31 +883,28 @@ def _flood(rig: Rig, count: int, label: str) -> list[str]:
                 problems.append(f"{label} {kind}: {len(failed)} of {count} peers could not connect to {port}: {failed[0].connect_error}")
             if open_:
                 problems.append(f"{label} {kind}: {len(open_)} of {count} peers on {port} never closed by the gateway")
-        tally = account(lines, {p.local for p in connected})
-        problems += [f"{label} {kind}: {line}" for line in tally.bad]
+        problems += [f"{label} {kind}: {line}" for line in account(lines, set()).bad]
+        # The log accounting leaves out the ports whose logging is a known bug for this kind.
+        judged = [p for port, peers in results.items() if "log" not in _known(port, kind) for p in peers if not p.connect_error]
+        tally = account(lines, {p.local for p in judged})
         twice = [peer for peer, n in tally.named.items() if n > 1]
         if twice:
             problems.append(f"{label} {kind}: {len(twice)} peers named in more than one line, e.g. {twice[0]}")
         accounted = len(tally.named) + tally.summarised
-        if (accounted != len(connected)) if must_log(kind) else (accounted > len(connected)):
+        if (accounted != len(judged)) if must_log(kind) else (accounted > len(judged)):
             problems.append(
-                f"{label} {kind}: {len(connected)} bad peers, {len(tally.named)} named in a line, {tally.summarised} in summaries"
+                f"{label} {kind}: {len(judged)} bad peers judged, {len(tally.named)} named in a line, {tally.summarised} in summaries"
             )
         figure = (
-            f"{label} {kind:<9}: {len(connected)} peers in {took:.1f} s; {len(lines)} log lines ({tally.lines} about these "
-            f"peers: {len(tally.named)} named, {tally.summarised} in summaries); closed min/median/max: " + "; ".join(per_port)
+            f"{label} {kind:<9}: {len(connected)} peers in {took:.1f} s; {len(lines)} log lines ({tally.lines} about the "
+            f"{len(judged)} peers judged: {len(tally.named)} named, {tally.summarised} in summaries); closed min/median/max, "
+            "lines: " + "; ".join(per_port)
         )  # fmt: skip
         rig.figures.append(figure)
         print(figure)
     return problems
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open issue: under a flood of 3,500 oversized heads at once, one peer is still named in two "
-    "log lines (not yet found which port), and on a saturated 2-core machine a good client can be "
-    "refused meanwhile; memory and fds stay within bounds. Tracked in the closing note of issue 6.",
-)
 def test_flood_memory_and_fds(rig: Rig) -> None:
     """500 bad peers of every kind on every port: memory flat, fds back, good clients served.
 
