@@ -4,7 +4,10 @@ A connection is a ``TcpConn`` (non-blocking socket driven by the loop's ``sock_*
 reads, TCP_NODELAY) or a ``WsConn`` (the ``websockets`` library: no compression, no size limit on
 what it receives, messages of at most ``WS_MESSAGE`` bytes, which is the DMZ's default
 ``max-message-size``). Both speak the backend's commands (see backend.py): ``S`` sink with a
-receipt, ``O`` source, ``E`` echo.
+receipt, ``O`` source, ``E`` echo. Every socket is made by a ``Dial``, which can bind it to one of
+many loopback source addresses first (the DMZ limits clients per source address) and give it a
+small receive buffer. The request/response and stalled-reader scenarios use the cheaper
+callback-driven clients of rawclients.py instead.
 
 Every workload is bounded: by a byte count or a duration, and by the caller's timeout.
 """
@@ -17,6 +20,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -32,8 +36,68 @@ _block = memoryview(bytes(range(256)) * (TCP_CHUNK // 256))
 _discard = memoryview(bytearray(TCP_CHUNK))
 
 
+#: Linux's IP_BIND_ADDRESS_NO_PORT (Python names it from 3.12 on).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
 class EndOfStream(Exception):
     pass
+
+
+def source_addresses(count: int) -> list[str]:
+    """``count`` loopback addresses from 127.0.1.1 on (Linux answers for the whole of 127.0.0.0/8).
+
+    The DMZ admits at most ``max-connections-per-source`` (256 by default) clients per source
+    address; real clients come from many addresses, so the idle scenario spreads its clients over
+    these rather than raise the limit.
+    """
+    return [f"127.0.{1 + index // 254}.{1 + index % 254}" for index in range(count)]
+
+
+@dataclass
+class Dial:
+    """How client sockets are made: bound round robin to ``sources`` (none: the kernel picks
+    127.0.0.1), with SO_RCVBUF ``rcvbuf`` set before connect (0: the kernel's autotuned default)."""
+
+    sources: list[str] = field(default_factory=list)
+    rcvbuf: int = 0
+    turn: int = 0
+
+    def source(self) -> str | None:
+        if not self.sources:
+            return None
+        address = self.sources[self.turn % len(self.sources)]
+        self.turn += 1
+        return address
+
+    async def connect(self, host: str, port: int) -> socket.socket:
+        """A connected non-blocking socket with TCP_NODELAY."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            source = self.source()
+            if source is not None:
+                # The port is picked at connect, per destination: 10,000 clients need not find
+                # 10,000 ports free for bind() alone.
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+            await loop.sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+PLAIN = Dial()
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
 
 
 class TcpConn:
@@ -42,17 +106,8 @@ class TcpConn:
         self.loop = asyncio.get_running_loop()
 
     @classmethod
-    async def open(cls, port: int) -> "TcpConn":
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            await loop.sock_connect(sock, ("127.0.0.1", port))
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock)
+    async def open(cls, port: int, dial: Dial = PLAIN) -> "TcpConn":
+        return cls(await dial.connect("127.0.0.1", port))
 
     async def send(self, data: bytes | memoryview) -> None:
         await self.loop.sock_sendall(self.sock, data)
@@ -96,17 +151,23 @@ class WsConn:
         self.leftover = b""
 
     @classmethod
-    async def open(cls, url: str) -> "WsConn":
-        ws = await connect(
-            url,
-            proxy=None,
-            compression=None,
-            max_size=None,
-            ping_interval=None,
-            open_timeout=60,
-            close_timeout=10,
-            write_limit=MIB,
-        )
+    async def open(cls, url: str, dial: Dial = PLAIN) -> "WsConn":
+        sock = await dial.connect(*host_port(url))
+        try:
+            ws = await connect(
+                url,
+                sock=sock,
+                proxy=None,
+                compression=None,
+                max_size=None,
+                ping_interval=None,
+                open_timeout=60,
+                close_timeout=10,
+                write_limit=MIB,
+            )
+        except BaseException:
+            sock.close()
+            raise
         return cls(ws)
 
     async def send(self, data: bytes | memoryview) -> None:
@@ -165,11 +226,11 @@ Conn = TcpConn | WsConn
 Opener = Callable[[], Awaitable[Conn]]
 
 
-def opener(client: str, address: str | int) -> Opener:
-    """A function that opens one connection to a target."""
+def opener(client: str, address: str | int, dial: Dial = PLAIN) -> Opener:
+    """A function that opens one connection to a target, each made by ``dial``."""
     if client == "ws":
-        return lambda: WsConn.open(str(address))
-    return lambda: TcpConn.open(int(address))
+        return lambda: WsConn.open(str(address), dial)
+    return lambda: TcpConn.open(int(address), dial)
 
 
 # -- bulk -----------------------------------------------------------------------------------------
@@ -290,6 +351,12 @@ async def latency(open_conn: Opener, rate: float, duration: float, warmup: float
         "sends_behind_schedule": len(late),
         "worst_send_delay_ms": max(late, default=0.0) * 1000.0,
     }
+
+
+async def echo_once(conn: Conn, size: int) -> None:
+    """``size`` bytes echoed back once, on a new connection."""
+    await conn.send(header(b"E") + bytes(size))
+    await conn.discard(size)
 
 
 # -- connection rate ------------------------------------------------------------------------------

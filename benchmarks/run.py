@@ -1,15 +1,17 @@
-"""``python -m benchmarks [--quick]``: every scenario against every target, in one invocation.
+"""``python -m benchmarks [--quick | --selfcheck]``: every scenario against every target, in one invocation.
 
-The targets run side by side for the whole run (shield's DMZ and connector, sshd with ``ssh -R``,
-and the backend alone), each in front of a backend of its own built from the same program. Every
-repetition of a scenario visits every target, in an order that rotates from one repetition to
-the next, so that a machine that gets busier or quieter during the run moves all targets alike
-and the ratios hold. The idle-clients scenario comes last and starts fresh processes for each of
-its repetitions (a gateway that has already carried gigabytes has memory to reuse, which would
-hide what idle clients cost).
+The targets run side by side for the whole run (shield's DMZ and connector, sshd with ``ssh -R``
+twice: default cipher and AES-GCM, and the backend alone), all in front of one backend process.
+Every repetition of a scenario visits every target, in an order that rotates from one repetition
+to the next, so that a machine that gets busier or quieter during the run moves all targets alike
+and the ratios hold. The idle-clients and stalled-readers scenarios come last and start fresh
+processes for each of their repetitions (a gateway that has already carried gigabytes has memory
+to reuse, which would hide what an idle or a stalled client costs).
 
 Everything is bounded: each measurement has a timeout, the whole run has a watchdog that stops
-every process it started, and every process is stopped at the end whatever happened.
+every process it started, and every process is stopped at the end whatever happened. The exit
+status is 1 when a measurement failed, fell short of its count or is missing: ``--selfcheck``
+(a tiny run of every scenario, tests/bench) relies on it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchmarks import clients, report
+from benchmarks import clients, rawclients, report
 from benchmarks.procstats import Snapshot, cpu_seconds, snapshot, tree
-from benchmarks.settings import FULL, QUICK, MIB, Settings
-from benchmarks.targets import LABELS, REPO, TARGETS, Deployment, Process, Target, Topology, start, start_backend
+from benchmarks.settings import FULL, MIB, QUICK, RR_CLIENTS, RR_SIZES, SELFCHECK, Settings
+from benchmarks.targets import (
+    ENV_PREFIX, LABELS, REPO, TARGETS, Deployment, Gateway, Process, Target, Topology, start, start_backend, unavailable,
+)  # fmt: skip
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ["bulk", "latency", "conn_rate", "streams", "idle"]
+SCENARIOS = ["bulk", "latency", "conn_rate", "streams", "rr", "idle", "stall"]
+#: Scenarios that start fresh processes for each repetition, after the others.
+FRESH = ("idle", "stall")
+#: What a stalled reader asks the backend for: more than it will ever be sent.
+ENDLESS = 1 << 40
+#: A fresh client's 1 KiB echo while readers are stalled: longer than this and it counts as stuck.
+FRESH_TIMEOUT = 10.0
+
+
+def rr_key(clients_: int, size: int) -> str:
+    """``rr_c16_s1024``: the metric (round trips/s) and raw-data key of one rr combination."""
+    return f"rr_c{clients_}_s{size}"
 
 
 def raise_nofile() -> int:
@@ -48,9 +63,12 @@ def raise_nofile() -> int:
 
 
 class Bench:
-    def __init__(self, settings: Settings, quick: bool, name: str, work: Path, targets: list[str], scenarios: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, quick: bool, name: str, work: Path, targets: list[str], scenarios: list[str], selfcheck: bool = False
+    ) -> None:
         self.settings = settings
         self.quick = quick
+        self.selfcheck = selfcheck
         self.name = name
         self.work = work
         self.target_names = targets
@@ -99,8 +117,9 @@ class Bench:
         deployment, targets = start(kind, folder, self.backend_port)
         with self.lock:
             self.live.append(deployment)
-        for key, value in deployment.info.items():  # OpenSSH's version and negotiated algorithms
-            self.env[key if key == "openssh_version" else f"ssh_{key}"] = value
+        # OpenSSH's version and negotiated algorithms per ssh target, shield's backplane TLS suite.
+        for key, value in deployment.info.items():
+            self.env[key if key == "openssh_version" else f"{ENV_PREFIX[kind]}{key}"] = value
         return deployment, targets
 
     def retire(self, deployment: Deployment) -> None:
@@ -184,8 +203,8 @@ class Bench:
                 for metric, field in metrics.items():
                     self.record(metric, name, data.get(field) if "error" not in data else None)
                 if "error" not in data:
-                    self.say(f"{scenario} rep {rep + 1}/{reps} {LABELS[name]:<14} {show(data)}")
-                await asyncio.sleep(0.5)  # let the gateways settle between measurements
+                    self.say(f"{scenario} rep {rep + 1}/{reps} {LABELS[name]:<16} {show(data)}")
+                await asyncio.sleep(self.settings.pause)  # let the gateways settle between measurements
 
     async def bulk(self) -> None:
         s = self.settings
@@ -232,6 +251,28 @@ class Bench:
             lambda d: f"{d['mb_per_s']:8.1f} MB/s aggregate ({d['streams']} streams, {d['bytes'] / MIB:.0f} MiB in {d['seconds']:.2f} s)",
         )
 
+    async def rr(self) -> None:
+        """Closed-loop request/response, the shape of a database or RPC client: see rawclients.round_trips."""
+        for count in RR_CLIENTS:
+            for size in RR_SIZES:
+                await self.rr_combination(count, size)
+
+    async def rr_combination(self, count: int, size: int) -> None:
+        s = self.settings
+        key = rr_key(count, size)
+        await self.each(
+            key,
+            s.reps,
+            lambda target: rawclients.round_trips(self.channels(target), count, size, s.rr_seconds, s.rr_warmup),
+            s.rr_warmup + s.rr_seconds + 60,
+            {key: "per_s", f"{key}_p50": "p50_ms", f"{key}_p99": "p99_ms"},
+            lambda d: f"{d['per_s']:8.0f} round trips/s  p50 {d['p50_ms']:.3f} ms  p99 {d['p99_ms']:.3f} ms  ({d['clients']} x {d['size']} B)",
+        )
+
+    @staticmethod
+    def channels(target: Target, dial: clients.Dial = clients.PLAIN) -> rawclients.ChannelOpener:
+        return rawclients.channel_opener(target.client, target.url or target.port, dial)
+
     # -- idle clients --------------------------------------------------------------------------
 
     async def idle(self) -> None:
@@ -261,8 +302,11 @@ class Bench:
         deployment, targets = self.deploy(kind, self.work / f"idle-{name}-{rep + 1}")
         target = next(target for target in targets if target.name == name)
         held = clients.IdleClients()
+        sources = clients.source_addresses(s.idle_sources)
         try:
-            open_conn = self.opener(target)
+            # Spread over many source addresses, for every target alike: the DMZ admits at most
+            # 256 clients per source address by default, as a gateway facing the Internet should.
+            open_conn = clients.opener(target.client, target.url or target.port, clients.Dial(sources))
             # Warm-up: the first clients load code and fill caches; they are not what is measured.
             warm = clients.IdleClients()
             await asyncio.wait_for(clients.open_idle(open_conn, 50, s.idle_concurrency, warm), 60)
@@ -270,7 +314,7 @@ class Bench:
             await asyncio.sleep(1.0)
             gateways = {gateway.role: gateway for gateway in deployment.gateways}
             before = {role: self.read(gateway) for role, gateway in gateways.items()}
-            self.say(f"idle rep {rep + 1}/{s.idle_reps} {LABELS[name]:<14} opening {s.idle_clients:,} clients")
+            self.say(f"idle rep {rep + 1}/{s.idle_reps} {LABELS[name]:<16} opening {s.idle_clients:,} clients from {len(sources)} source addresses")
 
             def progress(count: int) -> None:
                 if count % max(1000, s.idle_clients // 5) == 0:
@@ -286,6 +330,7 @@ class Bench:
             after = {role: self.read(gateway) for role, gateway in gateways.items()}
             result: dict[str, Any] = {
                 "clients": s.idle_clients,
+                "source_addresses": len(sources),
                 "established": held.established,
                 "errors": len(held.errors),
                 "first_errors": [error[:300] for error in held.errors[:5]],
@@ -309,7 +354,7 @@ class Bench:
             elif held.established < s.idle_clients:
                 result["incomplete"] = f"{held.established:,} of {s.idle_clients:,} established; first error: {held.errors[0][:300] if held.errors else '?'}"
                 self.say(f"  {result['incomplete']}")
-            line = f"idle rep {rep + 1}/{s.idle_reps} {LABELS[name]:<14} {held.established:,} in {establish:.2f} s"
+            line = f"idle rep {rep + 1}/{s.idle_reps} {LABELS[name]:<16} {held.established:,} in {establish:.2f} s"
             for role, gateway in result["gateways"].items():
                 line += (
                     f"; {gateway['process']}: {gateway['rss_kib_per_client']:.1f} KiB, {gateway['fds_per_client']:.2f} fds"
@@ -323,6 +368,95 @@ class Bench:
         finally:
             held.abort_all()
             self.retire(deployment)
+
+    # -- stalled readers -----------------------------------------------------------------------
+
+    async def stall(self) -> None:
+        s = self.settings
+        for rep in range(s.stall_reps):
+            for name in self.order(rep):
+                data = await self.stall_once(name, rep)
+                self.keep("stall", name, rep, data)
+                failed = "error" in data
+                for role in ("public", "inner"):
+                    gateway = data.get("gateways", {}).get(role)
+                    if gateway is not None:
+                        self.record(f"stall_rss_{role}", name, None if failed else gateway["rss_kib_per_client"])
+                self.record("stall_fresh_ms", name, None if failed else data.get("fresh_ms"))
+
+    async def stall_once(self, name: str, rep: int) -> dict[str, Any]:
+        """Clients that read fast, then stop reading while the backend keeps sending: what the gateways hold for them.
+
+        A stream whose reader was fast has had its receive windows grown; when that reader stops,
+        a gateway may be left holding up to a window's worth (or, unbounded, everything the
+        backend sends). The readers' own receive buffers are small (SO_RCVBUF before connect),
+        so what piles up is at the gateways, not in the readers' kernel. Meanwhile a fresh client
+        must still get through.
+        """
+        s = self.settings
+        kind = TARGETS[name]
+        deployment, targets = self.deploy(kind, self.work / f"stall-{name}-{rep + 1}")
+        target = next(target for target in targets if target.name == name)
+        readers: list[rawclients.StalledReader] = []
+        try:
+            # Warm-up: downloads that complete load the code paths and fill caches; none is left stalled.
+            open_conn = self.opener(target)
+            await asyncio.wait_for(asyncio.gather(*(clients.bulk(open_conn, "down", MIB) for _ in range(2))), 60)
+            await asyncio.sleep(1.0)
+            gateways = {gateway.role: gateway for gateway in deployment.gateways}
+            before = {role: self.read(gateway) for role, gateway in gateways.items()}
+            self.say(f"stall rep {rep + 1}/{s.stall_reps} {LABELS[name]:<16} {s.stall_clients} clients read {s.stall_fast_bytes / MIB:.0f} MiB each, then stop")
+            start = time.perf_counter()
+            stalling = rawclients.stall(self.channels(target, clients.Dial(rcvbuf=s.stall_rcvbuf)), s.stall_clients, s.stall_fast_bytes, ENDLESS, readers)
+            await asyncio.wait_for(stalling, s.bulk_timeout)
+            fast = time.perf_counter() - start
+            await asyncio.sleep(s.stall_settle)
+            after = {role: self.read(gateway) for role, gateway in gateways.items()}
+            result: dict[str, Any] = {
+                "clients": s.stall_clients,
+                "stalled": sum(1 for reader in readers if reader.stalled.done()),
+                "fast_bytes": s.stall_fast_bytes,
+                "fast_s": fast,
+                "rcvbuf": s.stall_rcvbuf,
+                "gateways": {role: self.growth(gateway, before[role], after[role], s.stall_clients) for role, gateway in gateways.items()},
+            }
+            result.update(await self.fresh_echo(target))
+            line = f"stall rep {rep + 1}/{s.stall_reps} {LABELS[name]:<16} {fast:.2f} s to stall"
+            for gateway in result["gateways"].values():
+                line += f"; {gateway['process']}: {gateway['rss_kib_per_client']:,.0f} KiB per stalled client"
+            line += f"; fresh client: {result['fresh_ms']:.1f} ms" if result.get("fresh_ms") is not None else f"; {result['incomplete']}"
+            self.say(line)
+            return result
+        except Exception as problem:  # noqa: BLE001
+            self.say(f"  stall {name}: failed: {problem!r}")
+            return {"error": repr(problem), "stalled": sum(1 for reader in readers if reader.stalled.done())}
+        finally:
+            for reader in readers:
+                reader.channel.abort()
+            self.retire(deployment)
+
+    async def fresh_echo(self, target: Target) -> dict[str, Any]:
+        """One new client, connect and a 1 KiB echo round trip, while others are stalled: how long it takes."""
+        size = 1024
+        start = time.perf_counter()
+        try:
+            conn = await asyncio.wait_for(self.opener(target)(), FRESH_TIMEOUT)
+            try:
+                await asyncio.wait_for(clients.echo_once(conn, size), FRESH_TIMEOUT)
+            finally:
+                conn.abort()
+        except asyncio.TimeoutError:
+            return {"fresh_ms": None, "incomplete": f"a fresh client's 1 KiB echo did not complete within {FRESH_TIMEOUT:.0f} s"}
+        return {"fresh_ms": (time.perf_counter() - start) * 1000.0}
+
+    @staticmethod
+    def growth(gateway: Gateway, then: Snapshot, now: Snapshot, count: int) -> dict[str, Any]:
+        return {
+            "process": gateway.name,
+            "before": then.to_json(),
+            "after": now.to_json(),
+            "rss_kib_per_client": (now.rss_kib - then.rss_kib) / max(count, 1),
+        }
 
     def cpu(self, deployment: Deployment) -> dict[str, float]:
         """CPU seconds so far of this client process, each gateway and the backend."""
@@ -373,9 +507,9 @@ class Bench:
         }
 
     async def main(self) -> dict[str, object]:
-        self.env = self.environment()
+        self.env = {**self.environment(), **self.env}
         started = datetime.now(timezone.utc)
-        shared = [scenario for scenario in self.scenarios if scenario != "idle"]
+        shared = [scenario for scenario in self.scenarios if scenario not in FRESH]
         if shared:
             self.start_shared()
             for scenario in shared:
@@ -387,46 +521,106 @@ class Bench:
         if "idle" in self.scenarios:
             self.say(f"== idle ({self.settings.idle_clients:,} clients, fresh processes per repetition)")
             await self.idle()
+        if "stall" in self.scenarios:
+            self.say(f"== stall ({self.settings.stall_clients} stalled readers, fresh processes per repetition)")
+            await self.stall()
         self.env["loadavg_end"] = os.getloadavg()
-        summ = report.summary(self.runs, self.target_names)
+        summ, baselines = report.summary(self.runs, self.target_names)
         return {
             "name": self.name,
             "quick": self.quick,
+            "selfcheck": self.selfcheck,
             "started": started.strftime("%Y-%m-%d %H:%M UTC"),
             "duration_s": time.monotonic() - self.started,
             "environment": self.env,
-            "settings": {**self.settings.to_json(), "scenarios": self.scenarios},
+            "settings": {**self.settings.to_json(), "scenarios": self.scenarios, "rr_clients": list(RR_CLIENTS), "rr_sizes": list(RR_SIZES)},
             "targets": self.target_names,
             "summary": summ,
-            "goals": report.goals(summ, self.settings.idle_clients, self.idle_established),
+            "baselines": baselines,
+            "goals": report.goals(summ, self.settings, self.idle_established),
             "runs": self.runs,
             "raw": self.raw,
         }
+
+    def expected(self) -> list[str]:
+        """The raw-data keys every target must have a result under, one per scenario (rr: one per combination)."""
+        keys: list[str] = []
+        for scenario in self.scenarios:
+            if scenario == "bulk":
+                keys += ["bulk_up", "bulk_down"]
+            elif scenario == "rr":
+                keys += [rr_key(count, size) for count in RR_CLIENTS for size in RR_SIZES]
+            else:
+                keys.append(scenario)
+        return keys
+
+    def problems(self) -> list[str]:
+        """Every measurement that failed, fell short of its count, or is missing: each makes the exit status 1."""
+        found: list[str] = []
+        for key in self.expected():
+            for name in self.target_names:
+                reps = self.raw.get(key, {}).get(name, [])
+                if not reps:
+                    found.append(f"{key} {name}: no result")
+                for rep in reps:
+                    for kind in ("error", "incomplete"):
+                        if kind in rep:
+                            found.append(f"{key} {name} rep {rep['rep']}: {kind}: {str(rep[kind])[:300]}")
+        return found
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"), help="the reduced run (also QUICK=1 in the environment)")
-    parser.add_argument("--name", help="results/<name>.{json,md,png} (default: latest, or quick with --quick)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where results go (default: benchmarks/results)")
+    parser.add_argument(
+        "--selfcheck", action="store_true",
+        help="a tiny run of every scenario that proves the harness works (tests/bench); results go to a temporary folder unless --out",
+    )  # fmt: skip
+    parser.add_argument("--name", help="results/<name>.{json,md,png} (default: latest, quick with --quick, selfcheck with --selfcheck)")
+    parser.add_argument("--out", type=Path, help="where results go (default: benchmarks/results; a temporary folder with --selfcheck)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {','.join(SCENARIOS)}")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from {','.join(TARGETS)}")
-    parser.add_argument("--reps", type=int, help="repetitions (overrides the setting; idle keeps its own)")
+    parser.add_argument("--reps", type=int, help="repetitions (overrides the setting; idle and stall keep their own)")
     parser.add_argument("--idle-reps", type=int, help="repetitions of the idle scenario (overrides the setting)")
     parser.add_argument("--idle-clients", type=int, help="idle clients (overrides the setting)")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (configs and logs of every process)")
+    parser.add_argument("--stall-reps", type=int, help="repetitions of the stall scenario (overrides the setting)")
+    parser.add_argument("--stall-clients", type=int, help="stalled readers (overrides the setting)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (configurations and logs of every process)")
     return parser.parse_args(argv)
+
+
+def chosen_settings(args: argparse.Namespace) -> Settings:
+    settings = SELFCHECK if args.selfcheck else QUICK if args.quick else FULL
+    overrides = {
+        "reps": args.reps, "idle_reps": args.idle_reps, "idle_clients": args.idle_clients,
+        "stall_reps": args.stall_reps, "stall_clients": args.stall_clients,
+    }  # fmt: skip
+    overrides = {key: value for key, value in overrides.items() if value}
+    return replace(settings, **overrides) if overrides else settings
+
+
+def runnable(targets: list[str], selfcheck: bool) -> tuple[list[str], dict[str, str]]:
+    """The targets this machine can run, and why the others are skipped.
+
+    ``ssh-aes`` is skipped without AES instructions (software AES would say nothing about what
+    users get). Without sshd (or root), the self-check skips both ssh targets; a real run stops
+    instead, since its ratios are all against ssh.
+    """
+    kept, skipped = [], {}
+    for name in targets:
+        reason = unavailable(name)
+        if reason is None:
+            kept.append(name)
+        elif name == "ssh-aes" or selfcheck:
+            skipped[name] = reason
+        else:
+            raise SystemExit(f"cannot run target {name}: {reason} (leave it out with --targets)")
+    return kept, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    settings = QUICK if args.quick else FULL
-    if args.reps:
-        settings = replace(settings, reps=args.reps)
-    if args.idle_reps:
-        settings = replace(settings, idle_reps=args.idle_reps)
-    if args.idle_clients:
-        settings = replace(settings, idle_clients=args.idle_clients)
+    settings = chosen_settings(args)
     scenarios = [name for name in args.scenarios.split(",") if name]
     targets = [name for name in args.targets.split(",") if name]
     for name in scenarios:
@@ -435,11 +629,19 @@ def main(argv: list[str] | None = None) -> int:
     for name in targets:
         if name not in TARGETS:
             raise SystemExit(f"unknown target {name!r}; choose from {list(TARGETS)}")
-    name = args.name or ("quick" if args.quick else "latest")
+    targets, skipped = runnable(targets, args.selfcheck)
+    for name, reason in skipped.items():
+        print(f"skipping target {name}: {reason}", flush=True)
+    if not targets:
+        raise SystemExit("no target can run here")
+    name = args.name or ("selfcheck" if args.selfcheck else "quick" if args.quick else "latest")
+    out = args.out or (Path(tempfile.mkdtemp(prefix="shield-bench-selfcheck-")) if args.selfcheck else RESULTS)
     raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="shield-bench-"))
-    bench = Bench(settings, args.quick, name, work, targets, scenarios)
-    print(f"shield benchmarks{' (QUICK)' if args.quick else ''}: {', '.join(scenarios)} against {', '.join(targets)}; work folder {work}", flush=True)
+    bench = Bench(settings, args.quick, name, work, targets, scenarios, args.selfcheck)
+    bench.env["skipped_targets"] = skipped
+    mode = " (SELFCHECK)" if args.selfcheck else " (QUICK)" if args.quick else ""
+    print(f"shield benchmarks{mode}: {', '.join(scenarios)} against {', '.join(targets)}; work folder {work}", flush=True)
 
     def watchdog() -> None:
         print(f"WATCHDOG: the run exceeded {settings.watchdog:.0f} s; stopping every process it started", flush=True)
@@ -450,25 +652,26 @@ def main(argv: list[str] | None = None) -> int:
     timer.daemon = True
     timer.start()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    clean = False
+    problems: list[str] = ["the run did not finish"]
     try:
         results = asyncio.run(bench.main())
-        clean = not any("error" in rep for per_target in bench.raw.values() for reps in per_target.values() for rep in reps)
+        problems = bench.problems()
     finally:
         timer.cancel()
         bench.close_all()
-        if clean and not args.keep:
+        if not problems and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept the work folder (configurations and logs of every process): {work}", flush=True)
-    paths = report.write(results, args.out, name)
+    paths = report.write(results, out, name)
     print()
     print(paths["md"].read_text())
     print(f"wrote {', '.join(str(path) for path in paths.values())} in {results['duration_s']:.0f} s", flush=True)
-    failed = sum(1 for per_target in bench.raw.values() for reps in per_target.values() for rep in reps if "error" in rep)
-    incomplete = sum(1 for per_target in bench.raw.values() for reps in per_target.values() for rep in reps if "incomplete" in rep)
-    if failed or incomplete:
-        print(f"{failed} measurements failed, {incomplete} incomplete: see 'error' and 'incomplete' in {paths['json']}", flush=True)
+    if problems:
+        print(f"{len(problems)} measurements failed, fell short or are missing (see 'error' and 'incomplete' in {paths['json']}):", flush=True)
+        for problem in problems:
+            print(f"  {problem}", flush=True)
+        return 1
     return 0
 
 

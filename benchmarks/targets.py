@@ -2,8 +2,14 @@
 
 A *deployment* is a set of running processes in front of the backend: a shield DMZ and connector
 started through the end-to-end harness (tests/e2e/harness.py), an ``sshd`` and an ``ssh -N -R``,
-or nothing at all (direct). All deployments of a run lead to the same backend process. A *target* is one way in: a deployment plus an address and the kind of
-client it takes (``ws`` or ``tcp``). One shield deployment gives two targets.
+or nothing at all (direct). All deployments of a run lead to the same backend process. A *target*
+is one way in: a deployment plus an address and the kind of client it takes (``ws`` or ``tcp``).
+One shield deployment gives two targets.
+
+OpenSSH is deployed twice: ``ssh`` negotiates its default cipher (chacha20-poly1305 on OpenSSH 9,
+which has no hardware help), ``ssh-aes`` is forced to AES-GCM (``-c aes128-gcm@openssh.com``),
+which AES-NI makes cheap, as shield's TLS gets it. A user can choose either; the reports hold
+shield to whichever of the two is faster on each metric.
 
 Each deployment also names its *gateways*: the processes whose memory and descriptors the idle
 scenario reads, each with the map from port to side used to classify its sockets.
@@ -34,6 +40,10 @@ from benchmarks.procstats import tree  # noqa: E402
 SSHD = "/usr/sbin/sshd"
 SERVICE = "bench"
 START_TIMEOUT = 60.0
+AES_CIPHER = "aes128-gcm@openssh.com"
+#: The DMZ logs ``link from PEER: TLS up (TLSv1.3 TLS_AES_256_GCM_SHA384), connector identity 'NAME'``.
+TLS_UP = re.compile(r"link from \S+: TLS up \(([^)]*)\)")
+TLS_LOG_TIMEOUT = 10.0
 
 
 def wait_port(port: int, timeout: float = START_TIMEOUT, process: Process | None = None) -> None:
@@ -145,7 +155,24 @@ def start_shield(folder: Path, backend_port: int) -> Deployment:
         Gateway("dmz", dmz.pid, {backplane: "backplane", **frontplane}, "public"),
         Gateway("connector", connector.pid, {backplane: "backplane", backend_port: "backend"}, "inner"),
     ]
-    return Deployment("shield", topology, backend_port, gateways)
+    return Deployment("shield", topology, backend_port, gateways, {"tls": backplane_suite(dmz)})
+
+
+def backplane_suite(dmz: Process, timeout: float = TLS_LOG_TIMEOUT) -> str:
+    """The TLS version and cipher suite of the backplane, as the DMZ logged them when a link came up.
+
+    The suite decides much of what a byte costs on the backplane (AES-GCM with AES-NI, or
+    ChaCha20 without), so the report records it next to ssh's cipher. The links come up just
+    before the DMZ is ready; the line is waited for a little in case it is written later.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = TLS_UP.search(dmz.log())
+        if found:
+            return found.group(1)
+        if time.monotonic() > deadline or not dmz.alive():
+            return "? (no 'TLS up (...)' line in the DMZ's log)"
+        time.sleep(0.1)
 
 
 def shield_targets(deployment: Deployment) -> list[Target]:
@@ -172,10 +199,36 @@ def _keygen(path: Path, comment: str) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
 
 
-def start_ssh(folder: Path, backend_port: int) -> Deployment:
-    """``sshd`` on 127.0.0.1 with generated keys, and ``ssh -N -R`` forwarding a port to the backend."""
+def ssh_unavailable(cipher: str | None = None) -> str | None:
+    """Why ``ssh -R`` (forced to ``cipher``) cannot be measured here, or None if it can."""
     if not os.path.exists(SSHD):
-        raise RuntimeError(f"{SSHD} is missing: install Debian's openssh-server (make bench does)")
+        return f"{SSHD} is missing: install Debian's openssh-server (make bench and make test do)"
+    for tool in ("ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing: install Debian's openssh-client (make bench and make test do)"
+    if os.geteuid() != 0:
+        return "sshd needs root here (its privilege-separation directory, logging in as the current user)"
+    if cipher == AES_CIPHER and "aes" not in cpu_flags():
+        return f"the CPU has no AES instructions (no 'aes' flag in /proc/cpuinfo): {AES_CIPHER} would only measure software AES"
+    return None
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def start_ssh(folder: Path, backend_port: int, cipher: str | None = None) -> Deployment:
+    """``sshd`` on 127.0.0.1 with generated keys, and ``ssh -N -R`` forwarding a port to the backend.
+
+    ``cipher`` forces the ssh client's cipher (``-c``); None leaves OpenSSH's default
+    negotiation. sshd runs as users run it: no TCP_NODELAY or other tuning.
+    """
+    reason = ssh_unavailable(cipher)
+    if reason is not None:
+        raise RuntimeError(reason)
     topology = _topology(folder, backend_port, ["sshd", "tunnel"])
     try:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
@@ -212,7 +265,7 @@ def start_ssh(folder: Path, backend_port: int) -> Deployment:
         sshd = Process("sshd", [SSHD, "-D", "-e", "-f", str(config)], folder / "sshd.log", folder).start()
         topology.processes.append(sshd)
         wait_port(sshd_port, process=sshd)
-        base = _ssh_base(user_key, sshd_port)
+        base = _ssh_base(user_key, sshd_port) + (["-c", cipher] if cipher else [])
         info = _ssh_info(base, user)
         forward = f"127.0.0.1:{tunnel_port}:127.0.0.1:{backend_port}"
         argv = base + ["-N", "-o", "ExitOnForwardFailure=yes", "-R", forward, f"{user}@127.0.0.1"]
@@ -226,11 +279,15 @@ def start_ssh(folder: Path, backend_port: int) -> Deployment:
         Gateway("sshd", sshd.pid, {sshd_port: "backplane", tunnel_port: "frontplane"}, "public", tree=True),
         Gateway("ssh", ssh.pid, {sshd_port: "backplane", backend_port: "backend"}, "inner"),
     ]
-    return Deployment("ssh", topology, backend_port, gateways, info)
+    return Deployment("ssh-aes" if cipher else "ssh", topology, backend_port, gateways, info)
+
+
+def start_ssh_aes(folder: Path, backend_port: int) -> Deployment:
+    return start_ssh(folder, backend_port, AES_CIPHER)
 
 
 def _ssh_info(base: list[str], user: str) -> dict[str, object]:
-    """The OpenSSH version and the cipher, MAC and key exchange it really negotiates by default."""
+    """The OpenSSH version and the cipher, MAC and key exchange it really negotiates with ``base``'s options."""
     version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     probe = subprocess.run(
         [part if part != "LogLevel=ERROR" else "LogLevel=DEBUG1" for part in base] + [f"{user}@127.0.0.1", "true"],
@@ -253,7 +310,8 @@ def _ssh_info(base: list[str], user: str) -> dict[str, object]:
 
 
 def ssh_targets(deployment: Deployment) -> list[Target]:
-    return [Target("ssh", "ssh -R", "tcp", deployment, port=deployment.topology.port("tunnel"))]
+    name = deployment.kind
+    return [Target(name, LABELS[name], "tcp", deployment, port=deployment.topology.port("tunnel"))]
 
 
 # -- direct ---------------------------------------------------------------------------------------
@@ -268,11 +326,29 @@ def direct_targets(deployment: Deployment) -> list[Target]:
     return [Target("direct", "direct", "tcp", deployment, port=deployment.backend_port)]
 
 
-STARTERS = {"shield": (start_shield, shield_targets), "ssh": (start_ssh, ssh_targets), "direct": (start_direct, direct_targets)}
+STARTERS = {
+    "shield": (start_shield, shield_targets),
+    "ssh": (start_ssh, ssh_targets),
+    "ssh-aes": (start_ssh_aes, ssh_targets),
+    "direct": (start_direct, direct_targets),
+}
 
 #: Target name -> the deployment kind that serves it, in the order tables list them.
-TARGETS = {"shield-ws": "shield", "shield-tcp": "shield", "ssh": "ssh", "direct": "direct"}
-LABELS = {"shield-ws": "shield ws://", "shield-tcp": "shield tcp://", "ssh": "ssh -R", "direct": "direct"}
+TARGETS = {"shield-ws": "shield", "shield-tcp": "shield", "ssh": "ssh", "ssh-aes": "ssh-aes", "direct": "direct"}
+LABELS = {"shield-ws": "shield ws://", "shield-tcp": "shield tcp://", "ssh": "ssh -R", "ssh-aes": "ssh -R aes-gcm", "direct": "direct"}
+#: The ``ssh -R`` targets: the baseline of every ratio is the faster of them, metric by metric.
+SSH_TARGETS = ("ssh", "ssh-aes")
+#: Where a deployment's ``info`` goes in the report's environment: key prefix per kind.
+ENV_PREFIX = {"shield": "shield_", "ssh": "ssh_", "ssh-aes": "ssh_aes_", "direct": "direct_"}
+
+
+def unavailable(name: str) -> str | None:
+    """Why target ``name`` cannot run on this machine, or None."""
+    if name == "ssh":
+        return ssh_unavailable()
+    if name == "ssh-aes":
+        return ssh_unavailable(AES_CIPHER)
+    return None
 
 
 def start(kind: str, folder: Path, backend_port: int) -> tuple[Deployment, list[Target]]:
