@@ -8,8 +8,9 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the test-suite uses: the reference Go yamux for interop; ip and iptables for the
-# network-namespace topology tests (tests/netns, run as root).
-DEBIAN_TEST_PACKAGES := golang-go golang-github-hashicorp-yamux-dev iproute2 iptables
+# network-namespace topology tests (tests/netns, run as root); sshd and ssh for the benchmark
+# harness's self-check (tests/bench: ssh -R is the benchmarks' baseline).
+DEBIAN_TEST_PACKAGES := golang-go golang-github-hashicorp-yamux-dev iproute2 iptables openssh-server openssh-client
 # ip and iptables live in /usr/sbin, which a user's PATH may lack.
 SBIN_PATH := $(PATH):/usr/sbin:/sbin
 YAMUX_GO_SRC := /usr/share/gocode/src/github.com/hashicorp/yamux
@@ -26,7 +27,8 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 debian-test-deps:
 	@if ! command -v go >/dev/null || [ ! -d $(YAMUX_GO_SRC) ] || \
-		! env PATH="$(SBIN_PATH)" sh -c 'command -v ip && command -v iptables' >/dev/null; then \
+		! env PATH="$(SBIN_PATH)" sh -c 'command -v ip && command -v iptables' >/dev/null || \
+		[ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then \
 		echo "installing Debian packages: $(DEBIAN_TEST_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBIAN_TEST_PACKAGES); \
@@ -45,9 +47,9 @@ demo: venv
 	$(BIN)/shield demo --dir demo-run
 
 .PHONY: bench debian-bench-deps
-# Benchmarks against `ssh -R` and the backend directly (not part of `make test`): results in
-# benchmarks/results/ (JSON, Markdown table, PNG chart). `make bench QUICK=1` is a reduced run.
-# See docs/performance.md.
+# Benchmarks against `ssh -R` and the backend directly (not part of `make test`, which only runs
+# the harness's tiny self-check, tests/bench): results in benchmarks/results/ (JSON, Markdown
+# table, PNG chart). `make bench QUICK=1` is a reduced run. See docs/performance.md.
 DEBIAN_BENCH_PACKAGES := openssh-server openssh-client
 
 debian-bench-deps:
