@@ -32,7 +32,7 @@ class StreamAccepted:
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per received frame, and frozen init costs twice as much
 class DataReceived:
     """Payload for a stream; call ``Session.acknowledge`` once it has been consumed."""
 
@@ -40,7 +40,7 @@ class DataReceived:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per window update, on the data path
 class WindowUpdated:
     """The peer granted more send window; ``window`` is what may be sent now."""
 

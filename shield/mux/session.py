@@ -43,17 +43,34 @@ from shield.mux.events import (
     WindowUpdated,
 )
 from shield.mux.frames import (
+    HEADER,
     HEADER_SIZE,
     INITIAL_WINDOW,
     MAX_UINT32,
+    PROTOCOL_VERSION,
     Flag,
-    FrameHeader,
     FrameType,
     GoAwayCode,
     HeaderError,
-    decode_header,
-    encode_header,
 )
+
+
+# The wire's numbers as plain ints: the hot path compares and packs these once or more per frame,
+# and enum construction and IntFlag arithmetic cost a microsecond each.
+_DATA = int(FrameType.DATA)
+_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
+_PING = int(FrameType.PING)
+_GO_AWAY = int(FrameType.GO_AWAY)
+_SYN = int(Flag.SYN)
+_ACK = int(Flag.ACK)
+_FIN = int(Flag.FIN)
+_RST = int(Flag.RST)
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+
+
+def _header(type_: int, flags: int, stream_id: int, length: int) -> bytes:
+    return _pack_header(PROTOCOL_VERSION, type_, flags, stream_id, length)
 
 
 class StreamState(Enum):
@@ -109,7 +126,7 @@ class Session:
         self._inbuf = bytearray()
         self._payload_left = 0
         self._payload_stream: _Stream | None = None
-        self._payload_flags = Flag.NONE
+        self._payload_flags = 0
         self._payload_stream_id = 0
         self._pings: dict[int, float] = {}
         self._next_ping = 0
@@ -189,7 +206,7 @@ class Session:
             stream_id, local=True, send_window=INITIAL_WINDOW, recv_window=self._window, window=self._window
         )
         self._out.append(
-            encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, stream_id, self._window - INITIAL_WINDOW)
+            _header(_WINDOW_UPDATE, _SYN, stream_id, self._window - INITIAL_WINDOW)
         )
         return stream_id
 
@@ -206,7 +223,7 @@ class Session:
         out = self._out
         for offset in range(0, n, size):
             end = min(offset + size, n)
-            out.append(encode_header(FrameType.DATA, Flag.NONE, stream_id, end - offset))
+            out.append(_header(_DATA, 0, stream_id, end - offset))
             out.append(data[offset:end])
         stream.send_window -= n
         return n
@@ -215,7 +232,7 @@ class Session:
         """Half-close: send FIN. Returns True when that finished the stream (the peer had too)."""
         stream = self._writable(stream_id)
         stream.local_open = False
-        self._out.append(encode_header(FrameType.WINDOW_UPDATE, Flag.FIN, stream_id, 0))
+        self._out.append(_header(_WINDOW_UPDATE, _FIN, stream_id, 0))
         if not stream.remote_open:
             del self._streams[stream_id]
             return True
@@ -226,7 +243,7 @@ class Session:
         stream = self._streams.pop(stream_id, None)
         if stream is None or self._terminated is not None:
             return
-        self._out.append(encode_header(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0))
+        self._out.append(_header(_WINDOW_UPDATE, _RST, stream_id, 0))
         if self._payload_stream is stream:
             self._payload_stream = None
 
@@ -262,7 +279,7 @@ class Session:
                 grant += growth
         stream.recv_window += grant
         stream.consumed = 0
-        self._out.append(encode_header(FrameType.WINDOW_UPDATE, Flag.NONE, stream_id, grant))
+        self._out.append(_header(_WINDOW_UPDATE, 0, stream_id, grant))
 
     def ping(self, now: float) -> int:
         """Send a ping; the answer arrives as ``PongReceived`` with the round trip."""
@@ -270,7 +287,7 @@ class Session:
         opaque = self._next_ping
         self._next_ping = (opaque + 1) & MAX_UINT32
         self._pings[opaque] = now
-        self._out.append(encode_header(FrameType.PING, Flag.SYN, 0, opaque))
+        self._out.append(_header(_PING, _SYN, 0, opaque))
         return opaque
 
     def keepalive(self, now: float) -> list[Event]:
@@ -297,7 +314,7 @@ class Session:
         if self._terminated is not None or self._local_go_away:
             return
         self._local_go_away = True
-        self._out.append(encode_header(FrameType.GO_AWAY, Flag.NONE, 0, GoAwayCode.NORMAL))
+        self._out.append(_header(_GO_AWAY, 0, 0, GoAwayCode.NORMAL))
 
     def terminate(self, code: GoAwayCode, reason: str) -> ConnectionTerminated:
         """End the session now with GoAway(code); every open stream is dropped."""
@@ -325,6 +342,7 @@ class Session:
             buf = data
         pos = 0
         end = len(buf)
+        unpack = _unpack_header
         try:
             while self._terminated is None:
                 if self._payload_left:
@@ -340,14 +358,42 @@ class Session:
                     self._payload_left -= n
                     if self._payload_left:
                         break
-                    self._apply_close_flags(self._payload_stream, self._payload_flags, events)
+                    if self._payload_flags:
+                        self._apply_close_flags(self._payload_stream, self._payload_flags, events)
                     self._payload_stream = None
                     continue
                 if end - pos < HEADER_SIZE:
                     break
-                header = decode_header(buf, pos)
+                version, type_, flags, stream_id, length = unpack(buf, pos)
+                if version != PROTOCOL_VERSION:
+                    raise HeaderError(f"unsupported yamux version {version}")
                 pos += HEADER_SIZE
-                self._handle_frame(header, events, now)
+                flags &= 0xF
+                if type_ == _DATA:
+                    stream = self._data_frame(flags, stream_id, length, events)
+                    if not length:
+                        if flags:
+                            self._apply_close_flags(stream, flags, events)
+                    elif end - pos >= length:
+                        # The whole payload is here (the common case): no payload state.
+                        if stream is not None:
+                            chunk = bytes(buf[pos : pos + length]) if (pos or buffered or length != end) else buf
+                            events.append(DataReceived(stream_id, chunk))  # type: ignore[arg-type]
+                        pos += length
+                        if flags:
+                            self._apply_close_flags(stream, flags, events)
+                    else:
+                        self._payload_left = length
+                        self._payload_stream = stream
+                        self._payload_flags = flags
+                elif type_ == _WINDOW_UPDATE:
+                    self._window_frame(flags, stream_id, length, events)
+                elif type_ == _PING:
+                    self._ping_frame(flags, stream_id, length, events, now)
+                elif type_ == _GO_AWAY:
+                    self._go_away_frame(stream_id, length, events)
+                else:
+                    raise HeaderError(f"unknown frame type {type_}")
         except (_Violation, HeaderError) as violation:
             self._terminate(GoAwayCode.PROTOCOL_ERROR, str(violation), events, send=True)
         if self._terminated is not None:
@@ -360,82 +406,83 @@ class Session:
 
     # -- frame handling -----------------------------------------------------------------------
 
-    def _handle_frame(self, header: FrameHeader, events: list[Event], now: float) -> None:
-        type_ = header.type
-        if type_ is FrameType.DATA or type_ is FrameType.WINDOW_UPDATE:
-            self._handle_stream_frame(header, events)
-        elif type_ is FrameType.PING:
-            if header.stream_id != 0:
-                raise _Violation(f"ping on stream {header.stream_id}; pings belong to stream 0")
-            if header.flags & Flag.SYN:
-                self._out.append(encode_header(FrameType.PING, Flag.ACK, 0, header.length))
-            elif header.flags & Flag.ACK:
-                opaque = header.length
-                sent = self._pings.get(opaque)
-                if sent is not None:
-                    # Answers come in order, so older pings still listed were lost with the
-                    # peer's state; this answer vouches for the link just the same.
-                    for earlier in list(self._pings):
-                        del self._pings[earlier]
-                        if earlier == opaque:
-                            break
-                    events.append(PongReceived(opaque, now - sent))
-        else:
-            if header.stream_id != 0:
-                raise _Violation(f"go-away on stream {header.stream_id}; it belongs to stream 0")
-            code = header.length
-            self._remote_go_away = True
-            events.append(GoAwayReceived(_go_away_code(code)))
-            if code != GoAwayCode.NORMAL:
-                self._terminate(
-                    _go_away_code(code), f"peer ended the session: {_describe_code(code)}", events, send=False
-                )
+    def _ping_frame(self, flags: int, stream_id: int, opaque: int, events: list[Event], now: float) -> None:
+        if stream_id != 0:
+            raise _Violation(f"ping on stream {stream_id}; pings belong to stream 0")
+        if flags & _SYN:
+            self._out.append(_header(_PING, _ACK, 0, opaque))
+        elif flags & _ACK:
+            sent = self._pings.get(opaque)
+            if sent is not None:
+                # Answers come in order, so older pings still listed were lost with the
+                # peer's state; this answer vouches for the link just the same.
+                for earlier in list(self._pings):
+                    del self._pings[earlier]
+                    if earlier == opaque:
+                        break
+                events.append(PongReceived(opaque, now - sent))
 
-    def _handle_stream_frame(self, header: FrameHeader, events: list[Event]) -> None:
-        stream_id = header.stream_id
+    def _go_away_frame(self, stream_id: int, code: int, events: list[Event]) -> None:
+        if stream_id != 0:
+            raise _Violation(f"go-away on stream {stream_id}; it belongs to stream 0")
+        self._remote_go_away = True
+        events.append(GoAwayReceived(_go_away_code(code)))
+        if code != GoAwayCode.NORMAL:
+            self._terminate(_go_away_code(code), f"peer ended the session: {_describe_code(code)}", events, send=False)
+
+    def _frame_stream(self, kind: str, flags: int, stream_id: int, events: list[Event]) -> _Stream | None:
+        """The stream a Data or WindowUpdate frame is for (None: gone), after SYN/ACK handling."""
         if stream_id == 0:
-            raise _Violation(f"{header.type.name.lower()} frame on stream 0")
-        flags = header.flags
+            raise _Violation(f"{kind} frame on stream 0")
         stream = self._streams.get(stream_id)
-        if flags & Flag.SYN:
+        if flags & _SYN:
             stream = self._accept_stream(stream_id, events)
         elif stream is None:
             self._check_past_stream(stream_id)
-        elif flags & Flag.ACK and stream.local and not stream.acked:
+        elif flags & _ACK and stream.local and not stream.acked:
             stream.acked = True
             events.append(StreamAccepted(stream_id))
+        return stream
 
-        if header.type is FrameType.DATA:
-            length = header.length
-            if length > self._frame_limit:
+    def _data_frame(self, flags: int, stream_id: int, length: int, events: list[Event]) -> _Stream | None:
+        """Check a Data frame's header and take its length from the receive window.
+
+        Returns the stream its payload goes to, or None when the payload is to be skipped.
+        """
+        if flags or stream_id == 0:
+            stream = self._frame_stream("data", flags, stream_id, events)
+        else:
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                self._check_past_stream(stream_id)
+        if length > self._frame_limit:
+            raise _Violation(
+                f"data frame of {length} bytes on stream {stream_id} exceeds the "
+                f"{self._frame_limit} byte limit"
+            )
+        if stream is not None and length:
+            if not stream.remote_open:
+                self._reset(stream, "data after the peer's FIN", events)
+                return None
+            if length > stream.recv_window:
                 raise _Violation(
-                    f"data frame of {length} bytes on stream {stream_id} exceeds the "
-                    f"{self._frame_limit} byte limit"
+                    f"stream {stream_id}: {length} bytes exceed the receive window of "
+                    f"{stream.recv_window}"
                 )
-            if stream is not None and length:
-                if not stream.remote_open:
-                    self._reset(stream, "data after the peer's FIN", events)
-                    stream = None
-                elif length > stream.recv_window:
-                    raise _Violation(
-                        f"stream {stream_id}: {length} bytes exceed the receive window of "
-                        f"{stream.recv_window}"
-                    )
-                else:
-                    stream.recv_window -= length
-            if length:
-                self._payload_left = length
-                self._payload_stream = stream
-                self._payload_flags = flags
-                return
-        elif stream is not None and header.length:
-            window = stream.send_window + header.length
+            stream.recv_window -= length
+        return stream
+
+    def _window_frame(self, flags: int, stream_id: int, delta: int, events: list[Event]) -> None:
+        stream = self._frame_stream("window_update", flags, stream_id, events)
+        if stream is not None and delta:
+            window = stream.send_window + delta
             if window > MAX_UINT32:
                 raise _Violation(f"stream {stream_id}: window update overflows 2**32-1")
             stream.send_window = window
             if stream.local_open:
                 events.append(WindowUpdated(stream_id, window))
-        self._apply_close_flags(stream, flags, events)
+        if flags:
+            self._apply_close_flags(stream, flags, events)
 
     def _accept_stream(self, stream_id: int, events: list[Event]) -> _Stream | None:
         if stream_id % 2 != self._remote_parity:
@@ -461,7 +508,7 @@ class Session:
         elif len(self._streams) >= self.config.max_streams:
             refusal = f"stream limit of {self.config.max_streams} reached"
         if refusal is not None:
-            self._out.append(encode_header(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0))
+            self._out.append(_header(_WINDOW_UPDATE, _RST, stream_id, 0))
             events.append(StreamRejected(stream_id, refusal))
             return None
         stream = _Stream(
@@ -470,7 +517,7 @@ class Session:
         )
         self._streams[stream_id] = stream
         self._out.append(
-            encode_header(FrameType.WINDOW_UPDATE, Flag.ACK, stream_id, self._window - INITIAL_WINDOW)
+            _header(_WINDOW_UPDATE, _ACK, stream_id, self._window - INITIAL_WINDOW)
         )
         events.append(StreamOpened(stream_id))
         return stream
@@ -487,14 +534,14 @@ class Session:
             return stream_id <= self._highest_remote_id and stream_id not in self._remote_id_gaps
         return stream_id < self._next_id
 
-    def _apply_close_flags(self, stream: _Stream | None, flags: Flag, events: list[Event]) -> None:
+    def _apply_close_flags(self, stream: _Stream | None, flags: int, events: list[Event]) -> None:
         if stream is None or stream.stream_id not in self._streams:
             return
-        if flags & Flag.RST:
+        if flags & _RST:
             del self._streams[stream.stream_id]
             events.append(StreamReset(stream.stream_id, "reset by peer"))
             return
-        if flags & Flag.FIN:
+        if flags & _FIN:
             if not stream.remote_open:
                 self._reset(stream, "second FIN from the peer", events)
                 return
@@ -506,7 +553,7 @@ class Session:
 
     def _reset(self, stream: _Stream, reason: str, events: list[Event]) -> None:
         self._streams.pop(stream.stream_id, None)
-        self._out.append(encode_header(FrameType.WINDOW_UPDATE, Flag.RST, stream.stream_id, 0))
+        self._out.append(_header(_WINDOW_UPDATE, _RST, stream.stream_id, 0))
         events.append(StreamReset(stream.stream_id, reason))
 
     # -- helpers ------------------------------------------------------------------------------
@@ -526,7 +573,7 @@ class Session:
 
     def _terminate(self, code: GoAwayCode | int, reason: str, events: list[Event], send: bool) -> None:
         if send:
-            self._out.append(encode_header(FrameType.GO_AWAY, Flag.NONE, 0, code))
+            self._out.append(_header(_GO_AWAY, 0, 0, code))
         self._terminated = ConnectionTerminated(code, reason)
         self._streams.clear()
         self._payload_left = 0
