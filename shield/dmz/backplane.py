@@ -24,7 +24,7 @@ from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, 
 from shield.mux.protocol import MuxProtocol
 from shield.net import describe_address, set_no_delay
 from shield.ops.ratelog import RateLimitedLog
-from shield.tls.identity import peer_identity
+from shield.tls.identity import negotiated_suite, peer_identity
 
 #: How long a connector has, once TLS is up, to announce itself.
 ANNOUNCE_TIMEOUT = 10.0
@@ -63,7 +63,10 @@ class DmzLinkProtocol(MuxProtocol):
     def handshakeCompleted(self) -> None:
         self.start_keepalive()
         self.identity = peer_identity(self.transport)
-        log.info("link from {peer}: TLS up, connector identity {identity!r}", peer=self.peer, identity=self.identity)
+        log.info(
+            "link from {peer}: TLS up ({suite}), connector identity {identity!r}",
+            peer=self.peer, suite=negotiated_suite(self.transport), identity=self.identity,
+        )
 
     def take_control_stream(self) -> bool:
         """Only the connector's first stream is the control stream; it may open no other."""

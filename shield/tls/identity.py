@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
-__all__ = ["identity_from_certificate", "peer_identity"]
+__all__ = ["identity_from_certificate", "negotiated_suite", "peer_identity"]
 
 
 def identity_from_certificate(cert: x509.Certificate | crypto.X509) -> str | None:
@@ -57,3 +57,18 @@ def peer_identity(transport: Any) -> str | None:
     if cert is None:
         return None
     return identity_from_certificate(cert)
+
+
+def negotiated_suite(transport: Any) -> str:
+    """The TLS version and cipher suite a finished handshake agreed on, e.g. ``TLSv1.3 TLS_AES_256_GCM_SHA384``.
+
+    Logged when a link comes up, so an operator (and the benchmark report) can see what protects
+    the backplane and what it costs. ``?`` when the transport is not TLS.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    connection = get_handle() if get_handle is not None else None
+    version = getattr(connection, "get_protocol_version_name", None)
+    cipher = getattr(connection, "get_cipher_name", None)
+    if version is None or cipher is None:
+        return "?"
+    return f"{version()} {cipher() or '?'}"
