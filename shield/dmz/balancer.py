@@ -60,8 +60,8 @@ class BalancerFront:
         self.clock = gate.clock
         self.local = local  # (service, kind, client address) -> protocol serving it here, or None
         self.relays: set[Relay] = set()
-        self._to_backend = metrics.byte_counter(self.name, TO_BACKEND)
-        self._to_client = metrics.byte_counter(self.name, TO_CLIENT)
+        self._to_backend = metrics.byte_tally(self.name, TO_BACKEND)
+        self._to_client = metrics.byte_tally(self.name, TO_CLIENT)
 
     def candidates(self, accept: Uri, exclude: set[str | None]) -> list[Candidate]:
         return self.node.candidates(accept, exclude)

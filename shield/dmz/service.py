@@ -34,8 +34,8 @@ class ServiceFront:
         self.clock = clock
         self._active = metrics.streams_active.labels(service=self.name)
         self._total = metrics.streams_total.labels(service=self.name)
-        self._to_backend = metrics.byte_counter(self.name, TO_BACKEND)
-        self._to_client = metrics.byte_counter(self.name, TO_CLIENT)
+        self._to_backend = metrics.byte_tally(self.name, TO_BACKEND)
+        self._to_client = metrics.byte_tally(self.name, TO_CLIENT)
         self.relays: set[Relay] = set()
 
     def admit(self, host: str, client: str = "") -> Ticket | Refusal:

@@ -306,8 +306,8 @@ class BackendStream(RelayedProtocol):
                 lambda backend_side: Relay(
                     stream_side,
                     backend_side,
-                    metrics.byte_counter(name, TO_BACKEND),
-                    metrics.byte_counter(name, TO_CLIENT),
+                    metrics.byte_tally(name, TO_BACKEND),
+                    metrics.byte_tally(name, TO_CLIENT),
                     finished,
                 )
             )

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shield.relay import ByteTally
 
 #: Direction labels for byte counters: toward the backend, or back toward the public client.
 TO_BACKEND = "to_backend"
@@ -26,12 +32,8 @@ class Metrics:
         self.streams_total = Counter(
             "shield_streams", "Tunnels opened since start, per service", ["service"], registry=self.registry
         )
-        self.bytes = Counter(
-            "shield_bytes",
-            "Payload bytes carried, per service and direction (to_backend, to_client)",
-            ["service", "direction"],
-            registry=self.registry,
-        )
+        self._byte_tallies: dict[tuple[str, str], ByteTally] = {}
+        self.registry.register(_BytesCollector(self._byte_tallies))
         self.open_failures = Counter(
             "shield_open_failures",
             "Tunnels that could not be opened, per service and reason",
@@ -57,6 +59,33 @@ class Metrics:
             registry=self.registry,
         )
 
-    def byte_counter(self, service: str, direction: str):  # type: ignore[no-untyped-def]
-        """A fast callable adding to one bytes series (labels resolved once, not per chunk)."""
-        return self.bytes.labels(service=service, direction=direction).inc
+    def byte_tally(self, service: str, direction: str) -> ByteTally:
+        """The running total of one ``shield_bytes_total`` series, which relays add to directly."""
+        key = (service, direction)
+        tally = self._byte_tallies.get(key)
+        if tally is None:
+            tally = self._byte_tallies[key] = ByteTally()
+        return tally
+
+    def bytes_total(self, service: str, direction: str) -> int:
+        tally = self._byte_tallies.get((service, direction))
+        return tally.total if tally is not None else 0
+
+
+class _BytesCollector(Collector):
+    """``shield_bytes_total``, read from the relays' running totals when scraped."""
+
+    NAME = "shield_bytes"
+    HELP = "Payload bytes carried, per service and direction (to_backend, to_client)"
+
+    def __init__(self, tallies: dict[tuple[str, str], ByteTally]) -> None:
+        self._tallies = tallies
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["service", "direction"])
+        for (service, direction), tally in sorted(self._tallies.items()):
+            family.add_metric([service, direction], tally.total)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.NAME, self.HELP, labels=["service", "direction"])
