@@ -30,6 +30,7 @@ from shield.dmz.frontplane_ws import balanced_site, nvx_in_use, websocket_site
 from shield.dmz.links import LinkRegistry
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import TunnelOpener
+from shield.reactor import describe as describe_reactor
 from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
 from shield.ops.drain import raise_file_limit, drain_links, exit_cleanly_after_drain, fatal
@@ -134,7 +135,7 @@ class DmzGateway(Service):
         super().startService()
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         limit = raise_file_limit(log)
-        log.info("open-files limit: {limit}", limit=limit)
+        log.info("open-files limit: {limit}; reactor: {reactor}", limit=limit, reactor=describe_reactor(self.reactor))
         self._started = self._listen_all()
         self._started.addErrback(fatal, self.reactor, "shield-dmz could not start")
 

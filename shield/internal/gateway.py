@@ -21,6 +21,7 @@ from shield.internal.backend import BackendDialer
 from shield.internal.discovery import Change, Discovery
 from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label, resolve
 from shield.config.mux import mux_config_for
+from shield.reactor import describe as describe_reactor
 from shield.net import is_ipv4, is_ipv6, tcp_server_endpoint
 from shield.ops.admin import admin_site
 from shield.ops.drain import raise_file_limit, exit_cleanly_after_drain, fatal
@@ -68,7 +69,7 @@ class InternalGateway(Service):
         super().startService()
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         limit = raise_file_limit(log)
-        log.info("open-files limit: {limit}", limit=limit)
+        log.info("open-files limit: {limit}; reactor: {reactor}", limit=limit, reactor=describe_reactor(self.reactor))
         self._started = self._start()
         self._started.addErrback(fatal, self.reactor, "shield-internal could not start")
 

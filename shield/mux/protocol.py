@@ -10,6 +10,7 @@ producers are then paused), so memory stays bounded.
 from __future__ import annotations
 
 from typing import Any, Callable
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -49,6 +50,14 @@ from shield.mux.stream import MuxStream, MuxStreamAddress
 GO_AWAY_LINGER = 5.0
 
 
+class _Pending(TypingProtocol):
+    """A call queued for later: a ``DelayedCall`` or the reactor's end-of-turn entry."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
@@ -78,8 +87,14 @@ class MuxProtocol(Protocol):
         self.stream_factory = stream_factory
         self.streams: dict[int, MuxStream] = {}
         self._clock = clock if clock is not None else _default_clock()
+        # The frames a turn's writes produce go out in one write at the end of the turn: a
+        # reactor may offer a cheap queue for that (shield's does), else ``callLater(0)``.
+        turn_end = getattr(self._clock, "call_at_turn_end", None)
+        self._at_turn_end: Callable[[Callable[[], object]], _Pending] = (
+            turn_end if turn_end is not None else lambda f: self._clock.callLater(0, f)
+        )
         self._dirty: dict[int, MuxStream] = {}
-        self._flush_call: IDelayedCall | None = None
+        self._flush_call: _Pending | None = None
         self._dispatching = False
         self._transport_paused = False
         self._keepalive: LoopingCall | None = None
@@ -267,7 +282,7 @@ class MuxProtocol(Protocol):
             self._dirty[stream.stream_id] = stream
         if self._dispatching or self._flush_call is not None or not self._connected:
             return
-        self._flush_call = self._clock.callLater(0, self._flush)
+        self._flush_call = self._at_turn_end(self._flush)
 
     def stream_finished(self, stream: MuxStream) -> None:
         self.streams.pop(stream.stream_id, None)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from twisted.application.service import IService
-from twisted.internet import reactor
+
+from shield import reactor as shield_reactor
+
+shield_reactor.install()  # before anything imports twisted.internet.reactor
+
+from twisted.internet import reactor  # noqa: E402
 
 from shield.config.loader import load_internal_config
 from shield.tap.common import GatewayOptions, build_or_exit
