@@ -14,9 +14,12 @@ def test_echo_through_ws_and_tcp(topology: Topology) -> None:
     _, backend = topology.start_backend("echo")
     topology.dmz_config({"echo": {}}, {"internal1": ["echo"]})
     topology.internal_config("internal1", {"echo": f"tcp://127.0.0.1:{backend}"})
-    topology.start_dmz()
-    topology.start_connector("internal1")
+    dmz = topology.start_dmz()
+    connector = topology.start_connector("internal1")
     topology.dmz_ready()
+    # Both run on shield's own reactor (eager socket writes), chosen by the plugins themselves.
+    for process in (dmz, connector):
+        assert "reactor: ShieldReactor (epoll, eager socket writes)" in process.log()
 
     async def clients() -> tuple[bytes, bytes]:
         async with connect(topology.url("ws-echo", "ws", "/echo")) as ws:
