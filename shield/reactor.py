@@ -87,6 +87,16 @@ class EagerWrites:
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         self.write(b"".join(iovec))
 
+    def _isSendBufferFull(self) -> bool:
+        """Pause the producer as soon as anything stays queued here.
+
+        Twisted waits until ``bufferSize`` bytes are queued (shield reads 256 KiB at a time, and
+        the same attribute sets both). With eager writes, a queue means the kernel's buffer is
+        full, so more data would only wait in this process: the producer (a mux stream) pauses at
+        once and keeps its credit until the queue has drained.
+        """
+        return self._tempDataLen + len(self.dataBuffer) - self.offset > 0
+
 
 class EagerTCPServer(EagerWrites, tcp.Server):
     """An accepted TCP connection that sends at once."""

@@ -18,6 +18,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.net import send_room, socket_under
+
 
 class Side(Protocol):
     """One end of a relay: where bytes go out, and how to pause what comes in."""
@@ -35,6 +37,15 @@ class Side(Protocol):
     def close(self) -> None: ...
 
     def abort(self, reason: str) -> None: ...
+
+    def room(self) -> int:
+        """Bytes this side's kernel buffer takes now without them staying in this process."""
+        ...
+
+    def follow(self, room: Callable[[], int]) -> None:
+        """What this side's producer delivers goes to a consumer with ``room()`` to spare: a
+        producer that grants credit (a mux stream) may grow it into that room."""
+        ...
 
 
 class TransportSide:
@@ -75,6 +86,14 @@ class TransportSide:
         else:
             self.transport.loseConnection()
 
+    def room(self) -> int:
+        return send_room(socket_under(self.transport))
+
+    def follow(self, room: Callable[[], int]) -> None:
+        follow_consumer = getattr(self.transport, "follow_consumer", None)
+        if follow_consumer is not None:
+            follow_consumer(room)
+
 
 class ByteTally:
     """Bytes carried one way for one service, as a plain running total.
@@ -108,12 +127,19 @@ class Relay:
     ) -> None:
         self._sides = (a, b)
         self._tallies = (a_to_b, b_to_a)
+        self._moved = 0  # bytes carried either way, for idle detection
         self._eof = [False, False]  # side i has sent EOF (its input is finished)
         self._gone = [False, False]  # side i is closed entirely
         self._on_finished = on_finished
         self._finished = False
         b.consumer.registerProducer(a.producer, True)
         a.consumer.registerProducer(b.producer, True)
+        a.follow(b.room)
+        b.follow(a.room)
+
+    def moved(self) -> int:
+        """Bytes carried so far, both ways together."""
+        return self._moved
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -134,7 +160,9 @@ class Relay:
         i = self._index(side)
         if self._gone[1 - i]:
             return
-        self._tallies[i].total += len(data)
+        n = len(data)
+        self._tallies[i].total += n
+        self._moved += n
         self._sides[1 - i].send(data)
 
     def eof(self, side: Side) -> None:

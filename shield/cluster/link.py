@@ -49,7 +49,10 @@ class MemberLinkProtocol(MuxProtocol):
     """A link to one peer member; ``dialled`` is True on the side that connected."""
 
     def __init__(self, node: "ClusterNode", dialled: bool, endpoint: str) -> None:
-        super().__init__(client=dialled, config=node.mux_config, stream_factory=_IncomingStreams(self), clock=node.clock)
+        super().__init__(
+            client=dialled, config=node.mux_config, stream_factory=_IncomingStreams(self), clock=node.clock,
+            budget=node.budget,
+        )
         self.node = node
         self.dialled = dialled
         self.endpoint = endpoint  # what was dialled, or the address a peer came from

@@ -20,6 +20,7 @@ from shield.cluster.link import ForwardFailed, ForwardStream, MemberLinkProtocol
 from shield.cluster.membership import Candidate, Membership
 from shield.cluster.messages import ForwardReply, ForwardRequest, Heartbeat, ServiceState
 from shield.config.model import DmzCluster, Uri
+from shield.mux.budget import BufferBudget
 from shield.mux.config import MuxConfig
 from shield.mux.errors import MuxError
 from shield.net import describe_address, stream_client_endpoint, tcp_server_endpoint
@@ -68,8 +69,10 @@ class ClusterNode:
         server_tls: object,
         client_tls: object,
         mux_config: MuxConfig,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.own_name = own_name
+        self.budget = budget
         self.config = config
         self.cluster_name = config.name
         self.local = local

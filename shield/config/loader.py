@@ -61,6 +61,9 @@ MAX_PRIORITY = 2**31 - 1
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 #: Streams one link may carry at once (the yamux stream ids allow far more; memory does not).
 MAX_STREAMS = 1 << 20
+#: Smallest and largest ``buffer-budget``: one stream's base window, and 1 TiB.
+MIN_BUFFER_BUDGET = 1 << 20
+MAX_BUFFER_BUDGET = 1 << 40
 #: The yamux window bounds, as in ``shield.mux.frames``: 256 KiB is the protocol's initial window.
 MIN_STREAM_WINDOW = 256 * 1024
 MAX_STREAM_WINDOW = 16 * 1024 * 1024
@@ -80,7 +83,8 @@ _TLS_PUBLIC_SCHEMES = frozenset({"wss", "tls"})
 
 _TOP_KEYS = ("properties", "dmz", "internal")
 _DMZ_KEYS = (
-    "name", "admin", "grace-period", "open-timeout", "backplane", "cluster", "limits", "service",
+    "name", "admin", "grace-period", "open-timeout", "buffer-budget", "backplane", "cluster", "limits",
+    "service",
 )  # fmt: skip
 _LIMIT_KEYS = (
     "max-connections", "max-connections-per-source", "handshake-timeout", "idle-timeout",
@@ -101,7 +105,8 @@ _SERVICE_TYPES = ("tunnel", "balancer")
 _BALANCER_MODES = ("proxy", "redirect")
 _WS_ONLY_KEYS = ("allow-origin", "max-message-size", "ws-ping-interval")
 _INTERNAL_KEYS = (
-    "name", "admin", "priority", "grace-period", "max-pending-opens", "backplane", "service",
+    "name", "admin", "priority", "grace-period", "max-pending-opens", "buffer-budget", "backplane",
+    "service",
 )  # fmt: skip
 _INTERNAL_BACKPLANE_KEYS = (
     "connect", "server-name", "links", "cert", "ca",
@@ -553,6 +558,13 @@ def _keepalive(table: _Table) -> KeepaliveSettings:
     )
 
 
+def _buffer_budget(table: _Table, cls: type) -> int:
+    """How much tunnel data the gateway may hold in stream buffers at once (bytes)."""
+    return table.integer(
+        "buffer-budget", _default(cls, "buffer_budget"), MIN_BUFFER_BUDGET, MAX_BUFFER_BUDGET, " bytes"
+    )
+
+
 def _stream_window(table: _Table, cls: type) -> int:
     return table.integer(
         "stream-window", _default(cls, "stream_window"), MIN_STREAM_WINDOW, MAX_STREAM_WINDOW,
@@ -578,6 +590,7 @@ def _build_dmz(data: dict[str, Any], source: Path) -> DmzConfig:
     open_timeout = top.seconds(
         "open-timeout", _default(DmzConfig, "open_timeout"), zero_allowed=False
     )
+    budget = _buffer_budget(top, DmzConfig)
     backplane, connector_paths = _dmz_backplane(top.table("backplane", _DMZ_BACKPLANE_KEYS))
     cluster = None
     if top.has("cluster"):
@@ -607,6 +620,7 @@ def _build_dmz(data: dict[str, Any], source: Path) -> DmzConfig:
         open_timeout=open_timeout,
         cluster=cluster,
         limits=limits,
+        buffer_budget=budget,
         source=source,
     )
 
@@ -948,6 +962,7 @@ def _build_internal(data: dict[str, Any], source: Path) -> InternalConfig:
     pending = top.integer(
         "max-pending-opens", _default(InternalConfig, "max_pending_opens"), 1, MAX_STREAMS
     )
+    budget = _buffer_budget(top, InternalConfig)
     backplane = _internal_backplane(top.table("backplane", _INTERNAL_BACKPLANE_KEYS))
     seen: dict[str, str] = {}
     services = tuple(
@@ -962,6 +977,7 @@ def _build_internal(data: dict[str, Any], source: Path) -> InternalConfig:
         priority=priority,
         grace_period=grace,
         max_pending_opens=pending,
+        buffer_budget=budget,
         source=source,
     )
 

@@ -110,6 +110,7 @@ class DmzConfig:
     open_timeout: float = 10.0
     cluster: DmzCluster | None = None
     limits: ClientLimits = ClientLimits(max_connections=50000)  # the whole gateway
+    buffer_budget: int = 268435456  # tunnel data held in stream buffers (or lent as window), at most
     source: Path | None = None
 
 
@@ -145,4 +146,5 @@ class InternalConfig:
     priority: int = 100
     grace_period: float = 30.0
     max_pending_opens: int = 256  # stream opens waiting for a backend, per DMZ link
+    buffer_budget: int = 268435456  # tunnel data held in stream buffers (or lent as window), at most
     source: Path | None = None

@@ -21,6 +21,7 @@ from shield.config.model import DmzConfig
 from shield.config.mux import mux_config_for
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
+from shield.mux.budget import BufferBudget
 from shield.mux.protocol import MuxProtocol
 from shield.net import describe_address, set_no_delay
 from shield.ops.ratelog import RateLimitedLog
@@ -43,6 +44,7 @@ class DmzLinkProtocol(MuxProtocol):
             config=mux_config_for(config),
             stream_factory=_ControlStreamFactory(self),
             clock=backplane.clock,
+            budget=backplane.budget,
         )
         self.backplane = backplane
         self.peer = peer
@@ -256,10 +258,11 @@ class _ControlStreamFactory(Factory):
 class BackplaneFactory(Factory):
     """Builds a ``DmzLinkProtocol`` per accepted backplane connection (wrap it in TLS)."""
 
-    def __init__(self, config: DmzConfig, registry: LinkRegistry, clock: IReactorTime) -> None:
+    def __init__(self, config: DmzConfig, registry: LinkRegistry, clock: IReactorTime, budget: BufferBudget | None = None) -> None:
         self.config = config
         self.registry = registry
         self.clock = clock
+        self.budget = budget
         self.protocols: set[DmzLinkProtocol] = set()
         self.bad_peers = RateLimitedLog(log, clock)
         self.noisy = False

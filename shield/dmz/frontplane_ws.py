@@ -8,7 +8,7 @@ payloads (binary or text) become backend bytes; backend bytes become binary mess
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -27,7 +27,7 @@ from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, client_of
 from shield.dmz.auth import check_client_certificate, check_token
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
-from shield.net import describe_address, set_no_delay
+from shield.net import describe_address, send_room, set_no_delay, socket_under
 from shield.relay import Relay
 
 log = Logger(namespace="shield.dmz.frontplane_ws")
@@ -85,6 +85,12 @@ class WebSocketSide:
 
     def close(self) -> None:
         self.protocol.sendClose(1000)
+
+    def room(self) -> int:
+        return send_room(socket_under(self.protocol.transport))
+
+    def follow(self, room: Callable[[], int]) -> None:
+        pass  # what a WebSocket client sends is read from its socket: no credit to grow
 
     def abort(self, reason: str) -> None:
         going_away = ("link lost", "shutting down", "idle timeout")

@@ -31,6 +31,7 @@ from shield.dmz.links import LinkRegistry
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import TunnelOpener
 from shield.reactor import describe as describe_reactor
+from shield.mux.budget import BufferBudget
 from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
 from shield.ops.drain import raise_file_limit, drain_links, exit_cleanly_after_drain, fatal
@@ -59,15 +60,17 @@ class DmzGateway(Service):
         self.config = config
         self.reactor = reactor
         self.metrics = Metrics()
+        self.budget = BufferBudget(config.buffer_budget)
+        self.metrics.watch_budget(self.budget)
         self.registry = LinkRegistry()
-        self.opener = TunnelOpener(self.registry, reactor)
+        self.opener = TunnelOpener(self.registry, reactor, self.budget)
         self.gate = ClientGate(config.limits, self.metrics, reactor)
         self.fronts = {
             service.name: ServiceFront(service, self.opener, self.metrics, self.gate, reactor)
             for service in config.services
             if not service.is_balancer
         }
-        self.backplane = BackplaneFactory(config, self.registry, reactor)
+        self.backplane = BackplaneFactory(config, self.registry, reactor, self.budget)
         self.draining = False
         self.node: ClusterNode | None = None
         self.balancers: dict[str, BalancerFront] = {}
@@ -127,7 +130,10 @@ class DmzGateway(Service):
     def _cluster_node(self, config: DmzConfig) -> ClusterNode:
         assert config.cluster is not None and self.cluster_tls is not None
         server_tls, client_tls = self.cluster_tls
-        return ClusterNode(config.name, config.cluster, self, self.reactor, server_tls, client_tls, mux_config_for(config.backplane))
+        return ClusterNode(
+            config.name, config.cluster, self, self.reactor, server_tls, client_tls, mux_config_for(config.backplane),
+            self.budget,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -359,6 +365,7 @@ class DmzGateway(Service):
         if self.cluster_tls is not None and material.cluster is not None:
             self.cluster_tls[0].current, self.cluster_tls[1].current = material.cluster
         self.gate.gateway = new.limits
+        self.budget.limit = new.buffer_budget
         added, removed, changed = self._apply_services(old, new)
         for link in self.registry.links:
             link.services = allowed_services(new, link)

@@ -74,26 +74,7 @@ class ServiceFront:
         holder: list[Relay] = []
         if limits.bytes_per_second:
             public = PacedSide(public, limits.bytes_per_second, self.clock)
-        to_backend, to_client = self._to_backend, self._to_client
         idle: IdleWatch | None = None
-        if limits.idle_timeout:
-
-            def expired() -> None:
-                seconds = limits.idle_timeout
-                self.limit_hit("idle_timeout", f"{transport} client {client} -> {self.name}: closed, idle for {seconds:g} s")
-                public.abort(f"idle timeout: no data for {seconds:g} s")
-                tunnel.transport.loseConnection()
-
-            idle = IdleWatch(limits.idle_timeout, self.clock, expired)
-            count_in, count_out, touch = to_backend, to_client, idle.touch
-
-            def to_backend(n: int) -> None:
-                touch()
-                count_in(n)
-
-            def to_client(n: int) -> None:
-                touch()
-                count_out(n)
 
         def finished(reason: str) -> None:
             # No line per closed client: at thousands of clients a second that is the log's
@@ -104,8 +85,17 @@ class ServiceFront:
             if holder:
                 self.relays.discard(holder[0])
 
-        relay = tunnel.start_relay(public, to_backend, to_client, finished)
+        relay = tunnel.start_relay(public, self._to_backend, self._to_client, finished)
         if not relay.finished:
             holder.append(relay)
             self.relays.add(relay)
+            if limits.idle_timeout:
+
+                def expired() -> None:
+                    seconds = limits.idle_timeout
+                    self.limit_hit("idle_timeout", f"{transport} client {client} -> {self.name}: closed, idle for {seconds:g} s")
+                    public.abort(f"idle timeout: no data for {seconds:g} s")
+                    tunnel.transport.loseConnection()
+
+                idle = IdleWatch(limits.idle_timeout, self.clock, expired, relay.moved)
         return relay

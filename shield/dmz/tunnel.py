@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twisted.internet import error
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
+from shield.mux.budget import BufferBudget
 from shield.mux.errors import MuxError
 from shield.relay import Relay, RelayedProtocol, Side
 
@@ -161,12 +162,23 @@ def _link_reason(reason: Failure) -> str:
 class TunnelOpener:
     """Chooses a link for a service and opens a tunnel on it, trying another link if one refuses."""
 
-    def __init__(self, registry: LinkRegistry, clock: IReactorTime) -> None:
+    def __init__(self, registry: LinkRegistry, clock: IReactorTime, budget: BufferBudget | None = None) -> None:
         self.registry = registry
         self.clock = clock
+        self.budget = budget
 
     def open(self, service: str, client: str, metadata: tuple[tuple[str, str], ...], timeout: float) -> Deferred[TunnelStream]:
         """Fires with a ready ``TunnelStream`` or fails with ``OpenFailed``; cancel it if the client leaves."""
+        budget = self.budget
+        if budget is not None and budget.exhausted:
+            # Streams already hold all the tunnel data this gateway may hold: a new client would
+            # only add to it. Open tunnels keep going; this one is refused until some drains.
+            return fail(
+                OpenFailed(
+                    503, "buffer_budget",
+                    f"gateway busy: stalled clients hold the whole buffer-budget ({budget.limit} bytes)",
+                )
+            )
         request = OpenRequest(service=service, client=client, metadata=metadata)
         tried: list[ConnectorLink] = []
         retried: list[str] = []

@@ -30,6 +30,7 @@ from zope.interface import implementer
 from shield.config.model import InternalService
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
 from shield.net import set_no_delay, stream_client_endpoint
+from shield.mux.budget import BufferBudget
 from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
 from shield.relay import Relay, RelayedProtocol
 from shield.tls.contexts import backend_client_options
@@ -43,6 +44,7 @@ REFUSAL_LOG_INTERVAL = 1.0
 
 #: ``limit`` labels of ``shield_refusals_total`` that the connector uses.
 LIMIT_PENDING_OPENS = "max_pending_opens"
+LIMIT_BUFFER_BUDGET = "buffer_budget"
 LIMIT_STREAMS = "max_streams"
 LIMIT_OPEN_HEADER_TIMEOUT = "open_header_timeout"
 
@@ -126,6 +128,7 @@ class OpenLimits:
         refusals: RefusalLog,
         clock: IReactorTime,
         header_timeout: float = OPEN_HEADER_TIMEOUT,
+        budget: BufferBudget | None = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
@@ -134,14 +137,28 @@ class OpenLimits:
         self.refusals = refusals
         self.clock = clock
         self.header_timeout = header_timeout
+        self.budget = budget
         self.pending = 0
 
-    def admit(self) -> bool:
-        """Take a pending place for a new stream, or say there is none (the stream is refused)."""
+    def admit(self) -> tuple[str, str, str] | None:
+        """Take a pending place for a new stream, or say why it is refused: the limit, the log
+        line and the reason the DMZ gets with OVERLOADED."""
         if self.pending >= self.max_pending:
-            return False
+            return (
+                LIMIT_PENDING_OPENS,
+                f"refused with OVERLOADED: {self.max_pending} stream opens already wait for their OPEN"
+                " header or their backend on this link (max-pending-opens); nothing dialled",
+                f"connector overloaded: {self.max_pending} stream opens already pending on this link",
+            )
+        if self.budget is not None and self.budget.exhausted:
+            return (
+                LIMIT_BUFFER_BUDGET,
+                f"refused with OVERLOADED: streams hold the whole buffer-budget ({self.budget.limit} bytes)"
+                " for backends that do not read; nothing dialled",
+                "connector busy: its buffer budget is held by backends that do not read",
+            )
         self.pending += 1
-        return True
+        return None
 
     def release(self) -> None:
         self.pending -= 1
@@ -195,19 +212,12 @@ class BackendStream(RelayedProtocol):
 
     def connectionMade(self) -> None:
         limits = self.limits
-        if not limits.admit():
+        refusal = limits.admit()
+        if refusal is not None:
+            limit, detail, reason = refusal
             self._refused = True
-            limits.refused_by_limit(
-                LIMIT_PENDING_OPENS,
-                f"refused with OVERLOADED: {limits.max_pending} stream opens already wait for their OPEN"
-                " header or their backend on this link (max-pending-opens); nothing dialled",
-            )
-            self._answer(
-                OpenReply(
-                    OpenStatus.OVERLOADED,
-                    f"connector overloaded: {limits.max_pending} stream opens already pending on this link",
-                )
-            )
+            limits.refused_by_limit(limit, detail)
+            self._answer(OpenReply(OpenStatus.OVERLOADED, reason))
             self.transport.loseConnection()  # what the DMZ sends from now on is dropped unread
             return
         self._pending = True
@@ -389,12 +399,13 @@ class BackendStreamFactory(Factory):
         clock: IReactorTime | None = None,
         header_timeout: float = OPEN_HEADER_TIMEOUT,
         log_interval: float = REFUSAL_LOG_INTERVAL,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.dialer = dialer
         self.link_peer = link_peer
         clock = clock if clock is not None else dialer.reactor  # type: ignore[assignment]
         self.refusals = RefusalLog(clock, link_peer, log_interval)  # type: ignore[arg-type]
-        self.limits = OpenLimits(max_pending_opens, dialer.metrics, self.refusals, clock, header_timeout)  # type: ignore[arg-type]
+        self.limits = OpenLimits(max_pending_opens, dialer.metrics, self.refusals, clock, header_timeout, budget)  # type: ignore[arg-type]
 
     def buildProtocol(self, addr: IAddress) -> BackendStream:
         return BackendStream(self.dialer, self.link_peer(), self.limits)

@@ -22,6 +22,7 @@ from shield.internal.discovery import Change, Discovery
 from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label, resolve
 from shield.config.mux import mux_config_for
 from shield.reactor import describe as describe_reactor
+from shield.mux.budget import BufferBudget
 from shield.net import is_ipv4, is_ipv6, tcp_server_endpoint
 from shield.ops.admin import admin_site
 from shield.ops.drain import raise_file_limit, exit_cleanly_after_drain, fatal
@@ -47,6 +48,8 @@ class InternalGateway(Service):
         self.reactor = reactor
         self.resolver = resolver
         self.metrics = Metrics()
+        self.budget = BufferBudget(config.buffer_budget)
+        self.metrics.watch_budget(self.budget)
         self.dialer = BackendDialer(config.services, self.metrics, reactor)
         backplane = config.backplane
         self.mux_config = mux_config_for(backplane)
@@ -144,6 +147,7 @@ class InternalGateway(Service):
         self.tls_options.current = options
         self.mux_config = mux_config_for(new.backplane)
         self.dialer.services = {service.name: service for service in new.services}
+        self.budget.limit = new.buffer_budget
         before, after = set(old.backplane.connect), set(new.backplane.connect)
         for uri in sorted(after - before, key=str):
             self._watch(uri).start()

@@ -44,8 +44,10 @@ class ConnectorLinkProtocol(MuxProtocol):
                 lambda: slot.endpoint,
                 max_pending_opens=slot.gateway.config.max_pending_opens,
                 clock=slot.clock,
+                budget=slot.gateway.budget,
             ),
             clock=slot.clock,
+            budget=slot.gateway.budget,
         )
         self.slot = slot
         self.accepted = False

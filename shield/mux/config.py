@@ -28,7 +28,7 @@ class MuxConfig:
     keepalive_interval: float = 5.0
     keepalive_missed_limit: int = 3
     stream_close_timeout: float = 30.0
-    write_buffer_high_water: int = 256 * 1024
+    write_buffer_high_water: int = 128 * 1024  # with a 128 KiB read on top: 256 KiB held at most
 
     def __post_init__(self) -> None:
         if not INITIAL_WINDOW <= self.stream_window <= MAX_WINDOW:

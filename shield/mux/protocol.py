@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.mux.budget import BufferBudget, unlimited
 from shield.mux.config import MuxConfig
 from shield.mux.errors import SessionClosedError
 from shield.mux.events import (
@@ -46,6 +47,8 @@ from shield.mux.frames import GoAwayCode
 from shield.mux.session import Session
 from shield.mux.stream import MuxStream, MuxStreamAddress
 
+#: Payload framed by one flush at most (see ``MuxProtocol._flush``).
+FLUSH_LIMIT = 256 * 1024
 #: After a protocol error, how long the peer gets to read our GoAway before the link is cut.
 GO_AWAY_LINGER = 5.0
 
@@ -81,8 +84,11 @@ class MuxProtocol(Protocol):
         config: MuxConfig | None = None,
         stream_factory: IProtocolFactory | None = None,
         clock: IReactorTime | None = None,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.config = config if config is not None else MuxConfig()
+        #: What the gateway's streams may hold at once, shared by all its links.
+        self.budget = budget if budget is not None else unlimited()
         self.session = Session(client, self.config)
         self.stream_factory = stream_factory
         self.streams: dict[int, MuxStream] = {}
@@ -310,17 +316,29 @@ class MuxProtocol(Protocol):
         return stream
 
     def _flush(self) -> None:
-        """Frame queued stream data (unless the transport is full) and write it in one go."""
+        """Frame queued stream data (unless the transport is full) and write it in one go.
+
+        One flush frames at most ``FLUSH_LIMIT`` bytes of payload, taking streams in turn: what
+        is left waits for the next flush, which comes at once unless the transport is full. So
+        the link never queues more than one flush in this process, and no stream has to wait
+        behind another's whole window.
+        """
         self._flush_call = None
         if not self._connected:
             return
         session = self.session
         if not self._transport_paused and self._dirty and session.terminated is None:
-            dirty, self._dirty = self._dirty, {}
-            for stream in dirty.values():
-                stream.flush_into(session)
-                if stream.has_output and session.send_window(stream.stream_id) > 0:
-                    self._dirty[stream.stream_id] = stream
+            dirty = self._dirty
+            room = FLUSH_LIMIT
+            for stream_id in list(dirty):
+                if room <= 0:
+                    break
+                stream = dirty.pop(stream_id)
+                room -= stream.flush_into(session, room)
+                if stream.has_output and session.send_window(stream_id) > 0:
+                    dirty[stream_id] = stream  # to the back of the line
+            if dirty:
+                self.schedule_flush(None)
         data = session.data_to_send()
         if data:
             self.transport.write(data)
@@ -470,14 +488,16 @@ class MuxFactory(Factory):
         stream_factory: IProtocolFactory | None,
         config: MuxConfig | None = None,
         clock: IReactorTime | None = None,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.client = client
         self.stream_factory = stream_factory
         self.config = config
         self.clock = clock
+        self.budget = budget
 
     def buildProtocol(self, addr: IAddress) -> MuxProtocol:
-        protocol = MuxProtocol(self.client, self.config, self.stream_factory, self.clock)
+        protocol = MuxProtocol(self.client, self.config, self.stream_factory, self.clock, self.budget)
         protocol.factory = self
         return protocol
 

@@ -210,13 +210,16 @@ class Session:
         )
         return stream_id
 
-    def send_data(self, stream_id: int, data: bytes) -> int:
-        """Frame as much of ``data`` as the send window allows; return how many bytes were taken.
+    def send_data(self, stream_id: int, data: bytes, limit: int | None = None) -> int:
+        """Frame as much of ``data`` as the send window (and ``limit``, if given) allows; return
+        how many bytes were taken.
 
         The caller keeps the rest and retries after a ``WindowUpdated`` event.
         """
         stream = self._writable(stream_id)
         n = min(len(data), stream.send_window)
+        if limit is not None and limit < n:
+            n = limit
         if n <= 0:
             return 0
         size = self._send_frame_size
@@ -247,13 +250,28 @@ class Session:
         if self._payload_stream is stream:
             self._payload_stream = None
 
-    def acknowledge(self, stream_id: int, n: int, now: float | None = None) -> None:
+    def credit_due(self, stream_id: int, n: int) -> bool:
+        """Would acknowledging ``n`` more bytes give credit back (so a ``cap`` would matter)?"""
+        stream = self._streams.get(stream_id)
+        return stream is not None and stream.consumed + n >= stream.window // 2
+
+    def window(self, stream_id: int) -> int:
+        """The receive window this stream grants now (the base window, or more if it grew)."""
+        stream = self._streams.get(stream_id)
+        return stream.window if stream is not None else 0
+
+    def acknowledge(self, stream_id: int, n: int, now: float | None = None, cap: int | None = None) -> None:
         """The application consumed ``n`` delivered bytes: give the peer credit back.
 
         Credit is granted in batches of half a window, so a steady reader sends few updates.
         With ``now`` (seconds) and a ``max_stream_window``, a reader that consumed half a window
         within ``window_growth_interval`` of the previous grant doubles its window: the stream is
         limited by the window, not by its reader.
+
+        ``cap``, when given, is the largest window the application allows this stream now (what
+        its consumer and the gateway's budget can absorb; never less than the configured
+        ``stream_window``): growth stops there, and a window above it shrinks back by withholding
+        the difference from the credit it would have given.
         """
         stream = self._streams.get(stream_id)
         if stream is None or not stream.remote_open or n <= 0:
@@ -263,18 +281,21 @@ class Session:
             raise ValueError(
                 f"stream {stream_id}: acknowledged more bytes than were delivered"
             )
+        limit = self._window_limit
+        if cap is not None:
+            limit = min(limit, max(cap, self._window))
+            if stream.window > limit:
+                cut = min(stream.window - limit, consumed)
+                stream.window -= cut
+                consumed -= cut
         if consumed < stream.window // 2:
             stream.consumed = consumed
             return
         grant = consumed
         if now is not None:
             last, stream.last_grant = stream.last_grant, now
-            if (
-                last is not None
-                and now - last <= self._growth_interval
-                and stream.window < self._window_limit
-            ):
-                growth = min(stream.window, self._window_limit - stream.window)
+            if last is not None and now - last <= self._growth_interval and stream.window < limit:
+                growth = min(stream.window, limit - stream.window)
                 stream.window += growth
                 grant += growth
         stream.recv_window += grant

@@ -3,20 +3,30 @@
 Anything that works over a TCP transport works over a stream, including
 ``twisted.protocols.portforward``-style splicing with ``registerProducer``:
 
-- Reading: data is handed to the protocol and only then acknowledged to the session, so the peer
-  gets window back as fast as the protocol consumes. ``pauseProducing`` parks incoming data in a
-  small inbox (never more than one window) and stops the acknowledgements: the remote writer
-  stalls.
+- Reading: data is handed to the protocol and acknowledged to the session once it has left this
+  process, so the peer gets window back as fast as the reader really consumes. A consumer that
+  pauses the stream while taking a chunk (a socket whose kernel buffer is full keeps the rest in
+  user space, and with ``shield.reactor`` pauses at once) still holds it: the chunk is
+  acknowledged when the consumer resumes, which it does once its buffer has drained.
+  ``pauseProducing`` parks incoming data in a small inbox (never more than the window) and stops
+  the acknowledgements: the remote writer stalls. Whatever the stream holds (inbox and chunks its
+  consumer keeps) is reported to the gateway's ``BufferBudget``.
+- Window growth: a stream whose reader keeps up may grow its receive window (the session
+  decides), but only into room its consumer's kernel buffer has (``follow_consumer``) and the
+  budget can lend. So a reader that was fast and then stops costs the gateway at most the base
+  window (256 KiB) in user space: what was in flight beyond it lands in the kernel.
 - Writing: ``write`` queues data and asks the session to flush once per reactor turn (many small
-  writes become few frames). When the queue is above the high-water mark, a registered producer is
-  paused; it resumes when the peer's window lets the queue drain.
+  writes become few frames). A registered producer is paused when the queue passes the
+  high-water mark, and as soon as a flush leaves anything queued (the peer's window is used up:
+  reading more would only pile it up here). It resumes once the queue is empty again. So a
+  stream whose far reader stalls holds at most what its producer delivered in one read.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from twisted.internet import error
 from twisted.internet.interfaces import (
@@ -31,6 +41,8 @@ from twisted.internet.interfaces import (
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from shield.mux.budget import BufferBudget
 
 if TYPE_CHECKING:
     from shield.mux.session import Session
@@ -49,6 +61,7 @@ class StreamHost(Protocol):
     """What a stream needs from the session that carries it (the narrow door to MuxProtocol)."""
 
     session: "Session"
+    budget: BufferBudget
 
     def schedule_flush(self, stream: "MuxStream | None") -> None: ...
 
@@ -72,7 +85,6 @@ class MuxStream:
         self.disconnecting = False
         self._host = host
         self._high_water = high_water
-        self._low_water = high_water // 2
         self._close_timeout = close_timeout
         # outbound
         self._pending: list[bytes] = []
@@ -85,6 +97,10 @@ class MuxStream:
         self._producer_paused = False
         # inbound
         self._inbox: deque[bytes] = deque()
+        self._inbox_size = 0
+        self._held_downstream = 0  # delivered while the consumer paused us: it still holds them
+        self._lent = 0  # window growth this stream has from the budget
+        self._consumer_room: Callable[[], int] | None = None
         self._paused = False
         self._remote_ended = False
         self._end_delivered = False
@@ -111,6 +127,7 @@ class MuxStream:
             return
         self._pending.append(bytes(data))
         self._pending_size += len(data)
+        self._host.budget.held += len(data)
         self._host.schedule_flush(self)
         if self._pending_size > self._high_water:
             self._pause_producer()
@@ -167,6 +184,11 @@ class MuxStream:
         if self._finished:
             return
         self._paused = False
+        held, self._held_downstream = self._held_downstream, 0
+        if held:
+            # The consumer resumes once its buffer has drained: those bytes have left.
+            self._host.budget.held -= held
+            self._acknowledge(held)
         self._drain_inbox()
 
     def stopProducing(self) -> None:
@@ -202,7 +224,18 @@ class MuxStream:
     @property
     def buffered_inbound(self) -> int:
         """Bytes received but held back because the consumer is paused."""
-        return sum(len(chunk) for chunk in self._inbox)
+        return self._inbox_size
+
+    @property
+    def held(self) -> int:
+        """Bytes this stream holds: parked for its reader, kept by its consumer, or written and
+        waiting for the peer's window (what it reports to the budget)."""
+        return self._inbox_size + self._held_downstream + self._pending_size
+
+    def follow_consumer(self, room: Callable[[], int]) -> None:
+        """``room()`` says how many bytes the consumer's kernel buffer takes now without keeping
+        them in user space: the window may grow into that room, never beyond it."""
+        self._consumer_room = room
 
     @property
     def buffered_outbound(self) -> int:
@@ -211,20 +244,25 @@ class MuxStream:
 
     @property
     def has_output(self) -> bool:
-        return bool(self._pending) or (self._fin_requested and not self._fin_sent)
+        return not self._finished and (bool(self._pending) or (self._fin_requested and not self._fin_sent))
 
-    def flush_into(self, session: "Session") -> None:
-        """Frame what the send window allows, then FIN if asked and everything is out."""
+    def flush_into(self, session: "Session", limit: int | None = None) -> int:
+        """Frame what the send window (and ``limit``) allows, then FIN if asked and everything is
+        out. Returns how many payload bytes were framed."""
         if self._finished:
-            return
+            return 0
+        sent = 0
         if self._pending:
             buf = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            sent = session.send_data(self.stream_id, buf)
+            sent = session.send_data(self.stream_id, buf, limit)
             if sent == len(buf):
                 self._pending = []
             else:
                 self._pending = [buf[sent:]]
+                if not session.send_window(self.stream_id):
+                    self._pause_producer()  # window used up: stop reading until it opens again
             self._pending_size = len(buf) - sent
+            self._host.budget.held -= sent
         if not self._pending and self._fin_requested and not self._fin_sent:
             self._fin_sent = True
             if session.end_stream(self.stream_id):
@@ -235,6 +273,7 @@ class MuxStream:
                 self._close_timer = self._host.call_later(self._close_timeout, self._close_timed_out)
             self._maybe_finish()
         self._resume_producer_if_drained()
+        return sent
 
     def data_received(self, data: bytes) -> None:
         if self._finished:
@@ -244,6 +283,8 @@ class MuxStream:
             return
         if self._paused or self._inbox:
             self._inbox.append(data)
+            self._inbox_size += len(data)
+            self._host.budget.held += len(data)
             return
         self._deliver(data)
 
@@ -257,7 +298,7 @@ class MuxStream:
         self._drain_inbox()
 
     def reset_by_peer(self, reason: str) -> None:
-        self._inbox.clear()
+        self._drop_inbox(acknowledge=False)
         self._finish(Failure(error.ConnectionLost(f"stream {self.stream_id} reset: {reason}")))
 
     def session_lost(self, reason: str) -> None:
@@ -274,13 +315,38 @@ class MuxStream:
     def _deliver(self, data: bytes) -> None:
         assert self.protocol is not None
         self.protocol.dataReceived(data)
-        self._host.session.acknowledge(self.stream_id, len(data), self._host.now())
-        self._host.schedule_flush(None)
+        if self._paused and not self._finished:
+            # The consumer paused us while taking this chunk: it keeps (some of) it in user
+            # space. Credit for it waits until the consumer resumes us.
+            self._held_downstream += len(data)
+            self._host.budget.held += len(data)
+            return
+        self._acknowledge(len(data))
+
+    def _acknowledge(self, n: int) -> None:
+        """Give ``n`` bytes of credit back; let the window grow only into room that exists."""
+        host = self._host
+        session = host.session
+        if not session.credit_due(self.stream_id, n):
+            session.acknowledge(self.stream_id, n)
+            return
+        budget = host.budget
+        room = self._consumer_room() if self._consumer_room is not None and not self._paused else 0
+        base = session.window(self.stream_id) - self._lent
+        cap = base + max(0, min(room, budget.room_for_growth(self._lent)))
+        session.acknowledge(self.stream_id, n, host.now(), cap)
+        lent = session.window(self.stream_id) - base
+        budget.lent += lent - self._lent
+        self._lent = lent
+        host.schedule_flush(None)
 
     def _drain_inbox(self) -> None:
         inbox = self._inbox
         while inbox and not self._paused and not self._finished and not self._discarding:
-            self._deliver(inbox.popleft())
+            chunk = inbox.popleft()
+            self._inbox_size -= len(chunk)
+            self._host.budget.held -= len(chunk)
+            self._deliver(chunk)
         if inbox or self._paused and not self._discarding:
             return
         if self._remote_ended and not self._end_delivered and not self._finished:
@@ -294,10 +360,12 @@ class MuxStream:
                 self.loseConnection()
         self._maybe_finish()
 
-    def _drop_inbox(self) -> None:
-        dropped = sum(len(chunk) for chunk in self._inbox)
+    def _drop_inbox(self, acknowledge: bool = True) -> None:
+        dropped = self._inbox_size
         self._inbox.clear()
-        if dropped:
+        self._inbox_size = 0
+        self._host.budget.held -= dropped
+        if dropped and acknowledge:
             self._host.session.acknowledge(self.stream_id, dropped)
 
     def _maybe_finish(self) -> None:
@@ -322,10 +390,10 @@ class MuxStream:
         if producer is None or self._finished or self._fin_requested:
             return
         if self._streaming:
-            if self._producer_paused and self._pending_size <= self._low_water:
+            if self._producer_paused and not self._pending_size:
                 self._producer_paused = False
                 producer.resumeProducing()  # type: ignore[attr-defined]
-        elif self._pending_size <= self._low_water:
+        elif not self._pending_size:
             producer.resumeProducing()  # type: ignore[attr-defined]
 
     def _finish(self, reason: Failure) -> None:
@@ -334,8 +402,15 @@ class MuxStream:
         self._finished = True
         self.connected = False
         self.disconnecting = True
+        budget = self._host.budget
+        budget.held -= self._inbox_size + self._held_downstream + self._pending_size
         self._pending = []
         self._pending_size = 0
+        budget.lent -= self._lent
+        self._inbox.clear()
+        self._inbox_size = 0
+        self._held_downstream = 0
+        self._lent = 0
         if self._close_timer is not None and self._close_timer.active():
             self._close_timer.cancel()
         self._close_timer = None

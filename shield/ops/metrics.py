@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shield.mux.budget import BufferBudget
 from shield.relay import ByteTally
 
 #: Direction labels for byte counters: toward the backend, or back toward the public client.
@@ -58,6 +59,23 @@ class Metrics:
             ["service", "limit"],
             registry=self.registry,
         )
+
+    def watch_budget(self, budget: BufferBudget) -> None:
+        """Report the gateway's buffer budget: its limit, what streams hold, what they borrowed."""
+        Gauge(
+            "shield_buffer_budget_bytes", "Tunnel data the gateway may hold in stream buffers at once (buffer-budget)",
+            registry=self.registry,
+        ).set_function(lambda: budget.limit)
+        Gauge(
+            "shield_buffered_bytes",
+            "Tunnel data held now in stream buffers: waiting for a paused reader, or kept by its consumer",
+            registry=self.registry,
+        ).set_function(lambda: budget.held)
+        Gauge(
+            "shield_buffer_lent_bytes",
+            "Window growth granted now to streams whose readers keep up, lent by the buffer budget",
+            registry=self.registry,
+        ).set_function(lambda: budget.lent)
 
     def byte_tally(self, service: str, direction: str) -> ByteTally:
         """The running total of one ``shield_bytes_total`` series, which relays add to directly."""

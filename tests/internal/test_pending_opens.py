@@ -100,7 +100,7 @@ class Pair:
         self.clock = MemoryReactorClock()
         self.dialer = HeldDialer(self.clock)
         self.lost_reasons: list[str] = []
-        gateway = SimpleNamespace(dialer=self.dialer, config=SimpleNamespace(max_pending_opens=max_pending))
+        gateway = SimpleNamespace(dialer=self.dialer, config=SimpleNamespace(max_pending_opens=max_pending), budget=None)
         slot = SimpleNamespace(
             gateway=gateway,
             endpoint="192.0.2.9:5941",
