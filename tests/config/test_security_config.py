@@ -853,3 +853,30 @@ def test_mutated_security_documents_load_or_raise_config_error(
         assert limits.handshake_timeout > 0 and limits.idle_timeout >= 0
         assert isinstance(service, DmzService)
     assert 1 <= config.backplane.max_streams <= 1048576
+
+
+# --------------------------------------------------------------------------- buffer-budget
+
+
+def test_buffer_budget_defaults_to_256_mib_on_both_gateways(load: Load) -> None:
+    assert load(dmz_doc()).buffer_budget == 256 * 1024 * 1024
+    assert load(internal_doc()).buffer_budget == 256 * 1024 * 1024
+
+
+def test_buffer_budget_is_read_on_both_gateways(load: Load) -> None:
+    doc = dmz_doc()
+    doc["dmz"]["buffer-budget"] = 64 * 1024 * 1024
+    assert load(doc).buffer_budget == 64 * 1024 * 1024
+    assert load(internal_doc(buffer_budget=1 << 20)).buffer_budget == 1 << 20
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [(1048575, "must be between 1048576 and 1099511627776 bytes (got 1048575)"), (0, "must be between"),
+     (-5, "must be between"), ("1GiB", "expected an integer, got a string"), (True, "expected an integer")],
+)  # fmt: skip
+def test_a_bad_buffer_budget_is_refused_at_its_key(refuse: Refuse, value: Any, problem: str) -> None:
+    doc = dmz_doc()
+    doc["dmz"]["buffer-budget"] = value
+    refuse(doc, "dmz.buffer-budget", problem)
+    refuse(internal_doc(buffer_budget=value), "internal.buffer-budget", problem)
