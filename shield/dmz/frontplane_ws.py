@@ -8,10 +8,12 @@ payloads (binary or text) become backend bytes; backend bytes become binary mess
 
 from __future__ import annotations
 
+from pprint import pformat
 from typing import Any, Callable
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket import USES_NVX
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -32,6 +34,27 @@ from shield.net import describe_address, send_room, set_no_delay, socket_under
 from shield.relay import Relay
 
 log = Logger(namespace="shield.dmz.frontplane_ws")
+
+
+class _LazyFormat:
+    """``pformat(value)``, computed only if a log observer renders it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pformat(self.value)
+
+    __repr__ = __str__
+
+
+# Autobahn pretty-prints every protocol option into a debug line on every new connection, debug
+# logging on or not: a tenth of the DMZ's time when clients connect and disconnect quickly. Its
+# module's ``pformat`` becomes lazy: the same text, built only when the line is written.
+# tests/dmz/test_autobahn_adapter.py pins that this still holds for the installed Autobahn.
+autobahn_protocol.pformat = _LazyFormat  # type: ignore[assignment]
 
 _PHRASES = {
     400: "Bad Request",
