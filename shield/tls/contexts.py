@@ -68,8 +68,12 @@ __all__ = [
 
 log = Logger(namespace="shield.tls")
 
-#: TLS 1.2 suites: forward secret and AEAD only. TLS 1.3 suites are all AEAD already.
-TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
+#: TLS 1.2 suites: forward secret and AEAD only, AES-128-GCM first.
+TLS12_CIPHERS = b"ECDHE+AES128GCM:ECDHE+AESGCM:ECDHE+CHACHA20"
+#: TLS 1.3 suites (all AEAD) in the order a shield server prefers them: AES-128-GCM is the
+#: protocol's mandatory suite and, with AES-NI, about 40 % cheaper per byte than AES-256-GCM,
+#: which OpenSSL would otherwise pick (the backplane carries every byte of every tunnel).
+TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 _NO_RENEGOTIATION: int = getattr(SSL, "OP_NO_RENEGOTIATION", 0)
 _SERVER_OPTIONS = (
     SSL.OP_NO_COMPRESSION
@@ -227,6 +231,7 @@ def _server_context(cert: Path) -> SSL.Context:
     ctx.set_options(_SERVER_OPTIONS)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.set_cipher_list(TLS12_CIPHERS)
+    ctx.set_tls13_ciphersuites(TLS13_SUITES)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_session_id(b"shield")  # required by OpenSSL whenever client certificates are requested
     ctx.use_certificate(certs[0])
