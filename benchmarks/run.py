@@ -62,6 +62,19 @@ def raise_nofile() -> int:
     return hard
 
 
+def buffered_bytes(admin: str) -> float:
+    """``shield_buffered_bytes`` of a shield gateway: tunnel data held in its stream buffers now."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(r"^shield_buffered_bytes (\S+)$", text, re.M)
+    if match is None:
+        raise RuntimeError(f"{admin}/metrics has no shield_buffered_bytes")
+    return float(match.group(1))
+
+
 class Bench:
     def __init__(
         self, settings: Settings, quick: bool, name: str, work: Path, targets: list[str], scenarios: list[str], selfcheck: bool = False
@@ -383,6 +396,10 @@ class Bench:
                     if gateway is not None:
                         self.record(f"stall_rss_{role}", name, None if failed else gateway["rss_kib_per_client"])
                 self.record("stall_fresh_ms", name, None if failed else data.get("fresh_ms"))
+                for role in ("public", "inner"):
+                    held = data.get("gateways", {}).get(role, {}).get("held_kib_per_client")
+                    if held is not None or failed:
+                        self.record(f"stall_held_{role}", name, None if failed else held)
 
     async def stall_once(self, name: str, rep: int) -> dict[str, Any]:
         """Clients that read fast, then stop reading while the backend keeps sending: what the gateways hold for them.
@@ -424,6 +441,8 @@ class Bench:
             line = f"stall rep {rep + 1}/{s.stall_reps} {LABELS[name]:<16} {fast:.2f} s to stall"
             for gateway in result["gateways"].values():
                 line += f"; {gateway['process']}: {gateway['rss_kib_per_client']:,.0f} KiB per stalled client"
+                if "held_kib_per_client" in gateway:
+                    line += f" ({gateway['held_kib_per_client']:,.0f} KiB in stream buffers)"
             line += f"; fresh client: {result['fresh_ms']:.1f} ms" if result.get("fresh_ms") is not None else f"; {result['incomplete']}"
             self.say(line)
             return result
@@ -456,6 +475,7 @@ class Bench:
             "before": then.to_json(),
             "after": now.to_json(),
             "rss_kib_per_client": (now.rss_kib - then.rss_kib) / max(count, 1),
+            **({"held_kib_per_client": buffered_bytes(gateway.admin) / 1024 / max(count, 1)} if gateway.admin else {}),
         }
 
     def cpu(self, deployment: Deployment) -> dict[str, float]:

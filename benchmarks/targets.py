@@ -80,6 +80,7 @@ class Gateway:
     ports: dict[int, str]
     role: str  # "public" (the DMZ, sshd: where clients connect) or "inner" (the connector, ssh)
     tree: bool = False  # sum over the process and all its descendants (sshd forks per connection)
+    admin: str = ""  # a shield gateway's admin URL: its /metrics say what it holds in stream buffers
 
 
 @dataclass
@@ -152,8 +153,11 @@ def start_shield(folder: Path, backend_port: int) -> Deployment:
     backplane = topology.port("backplane")
     frontplane = {topology.port(f"ws-{SERVICE}"): "frontplane", topology.port(f"tcp-{SERVICE}"): "frontplane"}
     gateways = [
-        Gateway("dmz", dmz.pid, {backplane: "backplane", **frontplane}, "public"),
-        Gateway("connector", connector.pid, {backplane: "backplane", backend_port: "backend"}, "inner"),
+        Gateway("dmz", dmz.pid, {backplane: "backplane", **frontplane}, "public", admin=topology.url("dmz-admin")),
+        Gateway(
+            "connector", connector.pid, {backplane: "backplane", backend_port: "backend"}, "inner",
+            admin=topology.url("admin-internal1"),
+        ),
     ]
     return Deployment("shield", topology, backend_port, gateways, {"tls": backplane_suite(dmz)})
 
