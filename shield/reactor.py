@@ -94,7 +94,14 @@ class EagerWrites:
         the same attribute sets both). With eager writes, a queue means the kernel's buffer is
         full, so more data would only wait in this process: the producer (a mux stream) pauses at
         once and keeps its credit until the queue has drained.
+
+        Not once ``loseConnection`` was called: Twisted's ``doWrite``, on draining a queue, either
+        resumes a paused producer or finishes the close, not both; a last write (a WebSocket close
+        frame, say) that paused the producer would leave the connection open until the peer gave
+        up.
         """
+        if self.disconnecting:
+            return False
         return self._tempDataLen + len(self.dataBuffer) - self.offset > 0
 
 

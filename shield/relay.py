@@ -203,6 +203,11 @@ class Relay:
         if self._finished:
             return
         self._finished = True
+        # Neither side produces for the other any more. A socket transport whose producer stays
+        # registered (and paused) would, once its last bytes are out, resume that producer
+        # instead of finishing the close it was asked for (Twisted's doWrite does one or the other).
+        for side in self._sides:
+            side.consumer.unregisterProducer()
         if self._on_finished is not None:
             self._on_finished(reason)
 

@@ -235,3 +235,4 @@ def test_install_leaves_an_installed_reactor_alone() -> None:
 )
 def test_the_start_up_line_says_which_reactor_runs(reactor: object, words: str) -> None:
     assert words in describe(reactor)
+
