@@ -124,7 +124,7 @@ class Target:
 def _without_harness_tuning(path: Path) -> None:
     """The harness tunes timers for its failover tests (1 s pings and so on); benchmarks use the defaults."""
     text = path.read_text()
-    for tuned in ("keepalive-interval = 1\n", "grace-period = 5\n", "connect-timeout = 3\n"):
+    for tuned in ("keepalive-interval = 1\n", "grace-period = 5\n", "connect-timeout = 3\n", 'health-check = "off"\n'):
         text = text.replace(tuned, "")
     path.write_text(text)
 

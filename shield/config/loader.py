@@ -113,7 +113,13 @@ _INTERNAL_BACKPLANE_KEYS = (
     "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max",
     "resolve-interval", "max-streams",
 )  # fmt: skip
-_INTERNAL_SERVICE_KEYS = ("name", "connect", "connect-timeout", "ca", "server-name")
+_HEALTH_KEYS = (
+    "health-check", "health-interval", "health-timeout", "health-rise", "health-fall", "health-path",
+    "health-status",
+)  # fmt: skip
+_HEALTH_CHECKS = ("connect", "tls", "http", "off")
+_HTTP_HEALTH_KEYS = ("health-path", "health-status")
+_INTERNAL_SERVICE_KEYS = ("name", "connect", "connect-timeout", "ca", "server-name") + _HEALTH_KEYS
 _TLS_BACKEND_KEYS = ("ca", "server-name")
 
 
@@ -1015,4 +1021,30 @@ def _internal_service(table: _Table, name: str) -> InternalService:
         ),
         ca=table.file("ca") if table.has("ca") else None,
         server_name=_server_name(table, "server-name") if table.has("server-name") else None,
+        **_health(table, connect),
     )
+
+
+def _health(table: _Table, connect: Uri) -> dict[str, Any]:
+    """The ``health-*`` keys of an ``[[internal.service]]`` (see shield/internal/health.py)."""
+    check = _choice(table, "health-check", _HEALTH_CHECKS, _default(InternalService, "health_check"))
+    if check == "tls" and connect.scheme != "tls":
+        raise ConfigError(
+            table.at("health-check"), f"a tls check needs a tls:// backend, and this one is {connect.scheme}:"
+        )
+    if check != "http":
+        table.reject_if_present(_HTTP_HEALTH_KEYS, f"only used with health-check = \"http\" (this one is {check!r})")
+    if check == "off":
+        table.reject_if_present(_HEALTH_KEYS[1:], "health checks are off (health-check = \"off\")")
+    path = table.string("health-path") if table.has("health-path") else _default(InternalService, "health_path")
+    if not path.startswith("/") or any(ch.isspace() or ord(ch) < 0x21 or ord(ch) == 0x7F for ch in path):
+        raise ConfigError(table.at("health-path"), f"must be a path starting with / and without spaces (got {path!r})")
+    return {
+        "health_check": check,
+        "health_interval": table.seconds("health-interval", _default(InternalService, "health_interval"), zero_allowed=False),
+        "health_timeout": table.seconds("health-timeout", _default(InternalService, "health_timeout"), zero_allowed=False),
+        "health_rise": table.integer("health-rise", _default(InternalService, "health_rise"), 1, 100),
+        "health_fall": table.integer("health-fall", _default(InternalService, "health_fall"), 1, 100),
+        "health_path": path,
+        "health_status": table.integer("health-status", _default(InternalService, "health_status"), 100, 599),
+    }

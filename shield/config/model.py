@@ -132,9 +132,16 @@ class InternalBackplane:
 class InternalService:
     name: str
     connect: Uri
-    connect_timeout: float = 10.0
+    connect_timeout: float = 5.0  # below the DMZ's open-timeout (10), so another connector can be tried
     ca: Path | None = None  # for tls:// backends; None means the system's trust store
     server_name: str | None = None  # for tls:// backends; defaults to the URI's host
+    health_check: str = "connect"  # "connect", "tls" (tls:// backends), "http", or "off"
+    health_interval: float = 2.0  # seconds between active checks
+    health_timeout: float = 2.0  # seconds a check may take
+    health_rise: int = 2  # consecutive successes that bring a down backend back
+    health_fall: int = 3  # consecutive failures that take an up backend down
+    health_path: str = "/"  # http checks: the path to GET
+    health_status: int = 200  # http checks: the status that means healthy
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,9 +134,13 @@ class DmzLinkProtocol(MuxProtocol):
         dmz = self.backplane.config
         if link is None or announce.name != link.connector:
             return self._refuse(announce, f"announced name {announce.name!r} is not this link's connector")
-        link.announced = frozenset(announce.services)
+        before = link.services
+        now = frozenset(announce.services)
+        link.withdrawn = (link.withdrawn | (link.announced - now)) - now
+        link.announced = now
         link.priority = announce.priority
         link.services = allowed_services(dmz, link)
+        added, withdrawn = sorted(link.services - before), sorted(before - link.services)
         refused = tuple(
             (service, f"not offered by DMZ {dmz.name!r} to connector {link.connector!r}")
             for service in announce.services
@@ -144,9 +148,11 @@ class DmzLinkProtocol(MuxProtocol):
         )
         self.backplane.registry.changed()
         log.info(
-            "link from {peer}: connector {identity!r} announced again (priority {priority}): serves {services}",
+            "link from {peer}: connector {identity!r} announced again (priority {priority}): serves {services}"
+            "{change}",
             peer=self.peer, identity=link.connector, priority=link.priority,
             services=", ".join(sorted(link.services)) or "nothing",
+            change=(f" (withdrew {', '.join(withdrawn)})" if withdrawn else "") + (f" (offers again {', '.join(added)})" if added else ""),
         )  # fmt: skip
         return AnnounceReply(
             accepted=True, dmz_name=dmz.name, services=tuple(sorted(link.services)), refused=refused, message=""

@@ -63,7 +63,10 @@ class DmzGateway(Service):
         self.budget = BufferBudget(config.buffer_budget)
         self.metrics.watch_budget(self.budget)
         self.registry = LinkRegistry()
-        self.opener = TunnelOpener(self.registry, reactor, self.budget)
+        self.opener = TunnelOpener(
+            self.registry, reactor, self.budget,
+            lambda service: [c for c, offered in self.config.backplane.connectors.items() if service in offered],
+        )  # fmt: skip
         self.gate = ClientGate(config.limits, self.metrics, reactor)
         self.fronts = {
             service.name: ServiceFront(service, self.opener, self.metrics, self.gate, reactor)
@@ -444,7 +447,13 @@ class DmzGateway(Service):
 
     def readiness(self) -> tuple[bool, list[str]]:
         live = self.registry.services_live()
-        missing = [f"service {name!r}: no live connector link" for name in self.fronts if name not in live]
+        linked = self.registry.links_per_connector()
+        missing = [
+            f"service {name!r}: no connector offers it now"
+            + (" (connectors are linked: their backends are down or they do not offer it)" if linked else " (no live connector link)")
+            for name in self.fronts
+            if name not in live
+        ]
         if self._started is None or not self._started.called:
             missing.insert(0, "listeners not up yet")
         return not missing, missing
@@ -454,6 +463,9 @@ class DmzGateway(Service):
         counts = self.registry.links_per_connector()
         for connector in self.config.backplane.connectors:
             gauge.labels(endpoint=connector).set(counts.get(connector, 0))
+        offers = self.registry.offers()
+        for name in self.fronts:
+            self.metrics.service_connectors.labels(service=name).set(len(offers.get(name, ())))
 
 
 

@@ -27,6 +27,7 @@ class ConnectorLink:
     services: frozenset[str]  # what this DMZ lets it serve now
     tunnels: int = 0  # open tunnel streams
     announced: frozenset[str] = frozenset()  # what the connector offered (a reload re-judges it)
+    withdrawn: frozenset[str] = frozenset()  # offered earlier on this link and not now (backend down)
     order: int = field(default_factory=lambda: next(_sequence))
 
     @property
@@ -77,6 +78,15 @@ class LinkRegistry:
 
     def services_live(self) -> set[str]:
         return {service for link in self._links if link.usable for service in link.services}
+
+    def offers(self) -> dict[str, set[str]]:
+        """Service -> the connectors that offer it now over a usable link."""
+        found: dict[str, set[str]] = {}
+        for link in self._links:
+            if link.usable:
+                for service in link.services:
+                    found.setdefault(service, set()).add(link.connector)
+        return found
 
     def links_per_connector(self) -> dict[str, int]:
         counts: dict[str, int] = {}

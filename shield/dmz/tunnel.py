@@ -8,6 +8,7 @@ HTTP status and the one-line reason the public client and the log will see.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -51,11 +52,14 @@ class _Retry(Exception):
 class TunnelStream(RelayedProtocol):
     """The DMZ's end of one tunnel stream: OPEN, wait for OPEN_REPLY, then relay."""
 
-    def __init__(self, request: OpenRequest, link: ConnectorLink, timeout: float, clock: IReactorTime) -> None:
+    def __init__(
+        self, request: OpenRequest, link: ConnectorLink, timeout: float, clock: IReactorTime, open_timeout: float | None = None
+    ) -> None:
         self.request = request
         self.link = link
         self.answered: Deferred[TunnelStream] = Deferred()
-        self._timeout = timeout
+        self._timeout = timeout  # what is left of the open-timeout for this try
+        self._open_timeout = open_timeout if open_timeout is not None else timeout  # what the log says
         self._clock = clock
         self._timer: IDelayedCall | None = None
         self._reader = MessageReader((OpenReply,))
@@ -71,7 +75,7 @@ class TunnelStream(RelayedProtocol):
         self._timer = None
         connector = self.link.connector
         self._fail(
-            OpenFailed(504, "open_timeout", f"connector {connector!r} did not answer within {self._timeout:g} s")
+            OpenFailed(504, "open_timeout", f"connector {connector!r} did not answer within {self._open_timeout:g} s")
         )
         self.transport.abortConnection()
 
@@ -162,10 +166,18 @@ def _link_reason(reason: Failure) -> str:
 class TunnelOpener:
     """Chooses a link for a service and opens a tunnel on it, trying another link if one refuses."""
 
-    def __init__(self, registry: LinkRegistry, clock: IReactorTime, budget: BufferBudget | None = None) -> None:
+    def __init__(
+        self,
+        registry: LinkRegistry,
+        clock: IReactorTime,
+        budget: BufferBudget | None = None,
+        may_serve: Callable[[str], Iterable[str]] = lambda service: (),
+    ) -> None:
         self.registry = registry
         self.clock = clock
         self.budget = budget
+        #: The connectors the configuration lets serve a service (to say why none does now).
+        self.may_serve = may_serve
 
     def open(self, service: str, client: str, metadata: tuple[tuple[str, str], ...], timeout: float) -> Deferred[TunnelStream]:
         """Fires with a ready ``TunnelStream`` or fails with ``OpenFailed``; cancel it if the client leaves."""
@@ -180,55 +192,123 @@ class TunnelOpener:
                 )
             )
         request = OpenRequest(service=service, client=client, metadata=metadata)
-        tried: list[ConnectorLink] = []
-        retried: list[str] = []
-        current: list[TunnelStream] = []
+        return _Opening(self, request, timeout).start()
 
-        def cancel(d: Deferred[TunnelStream]) -> None:
-            if current:
-                current[-1].cancel()
 
-        result: Deferred[TunnelStream] = Deferred(cancel)
+#: Answers that say "this connector cannot serve it now", so another connector may: its backend
+#: refused, was unreachable or timed out, it has no such service (a reload racing), or it is busy.
+#: Nothing has reached the public client yet when one of these arrives.
+TRY_ANOTHER_CONNECTOR = frozenset(
+    {"backend_refused", "backend_unreachable", "backend_timeout", "unknown_service", "connector_overloaded"}
+)
 
-        def attempt() -> None:
-            while True:
-                link = self.registry.pick(service, exclude=tried)
-                if link is None:
-                    if tried:
-                        why = "; ".join(dict.fromkeys(retried)) or "refused the stream"
-                        reason = f"no link for service {service!r} took the client ({why})"
-                    else:
-                        reason = f"no live link for service {service!r}"
-                    result.errback(OpenFailed(503, "no_link", reason))
-                    return
-                tried.append(link)
-                tunnel = TunnelStream(request, link, timeout, self.clock)
-                try:
-                    link.mux.open_stream(tunnel)
-                except MuxError:
-                    continue  # going away or full: next link
-                current.append(tunnel)
-                tunnel.answered.addCallbacks(answered, failed)
+
+class _Opening:
+    """One client's way to a tunnel: links in the router's order, within one deadline.
+
+    A link that refuses the stream before answering (going away, full) is skipped for the next
+    link. A connector that answers that it cannot serve the client (``TRY_ANOTHER_CONNECTOR``) is
+    skipped with all its links, for the next connector by priority and load. The client gets an
+    error only when no link is left or the service's ``open-timeout`` is over; the error names
+    every connector tried and why each failed.
+    """
+
+    def __init__(self, opener: TunnelOpener, request: OpenRequest, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = opener.clock.seconds() + timeout
+        self.registry = opener.registry
+        self.clock = opener.clock
+        self.may_serve = opener.may_serve
+        self.request = request
+        self.tried: list[ConnectorLink] = []  # links not to use again
+        self.skipped: list[str] = []  # links that refused the stream, why
+        self.failures: dict[str, OpenFailed] = {}  # connector -> why it could not serve
+        self.current: TunnelStream | None = None
+        self.result: Deferred[TunnelStream] = Deferred(self._cancel)
+
+    def start(self) -> Deferred[TunnelStream]:
+        self._attempt()
+        return self.result
+
+    def _cancel(self, result: Deferred[TunnelStream]) -> None:
+        if self.current is not None:
+            self.current.cancel()
+
+    def _attempt(self) -> None:
+        service = self.request.service
+        while True:
+            remaining = self.deadline - self.clock.seconds()
+            excluded = self.tried + [link for link in self.registry.links if link.connector in self.failures]
+            link = self.registry.pick(service, exclude=excluded) if remaining > 0 else None
+            if link is None:
+                self.result.errback(self._give_up(remaining <= 0))
                 return
+            self.tried.append(link)
+            tunnel = TunnelStream(self.request, link, remaining, self.clock, self.timeout)
+            try:
+                link.mux.open_stream(tunnel)
+            except MuxError:
+                continue  # going away or full: next link
+            self.current = tunnel
+            tunnel.answered.addCallbacks(self._answered, self._failed)
+            return
 
-        def answered(tunnel: TunnelStream) -> None:
-            if not result.called:
-                result.callback(tunnel)
+    def _answered(self, tunnel: TunnelStream) -> None:
+        if not self.result.called:
+            self.result.callback(tunnel)
+        else:
+            tunnel.transport.abortConnection()
+
+    def _failed(self, failure: Failure) -> None:
+        self.current = None
+        if self.result.called:
+            return
+        if failure.check(_Retry):
+            self.skipped.append(failure.getErrorMessage())
+            self._attempt()
+        elif failure.check(OpenFailed):
+            problem: OpenFailed = failure.value  # type: ignore[assignment]
+            if problem.label in TRY_ANOTHER_CONNECTOR:
+                self.failures[self.tried[-1].connector] = problem
+                self._attempt()
+            elif self.failures:
+                self.failures[self.tried[-1].connector] = problem
+                self.result.errback(self._give_up(timed_out=problem.status == 504))
             else:
-                tunnel.transport.abortConnection()
+                self.result.errback(failure)
+        elif failure.check(CancelledError):
+            pass
+        else:
+            self.result.errback(OpenFailed(502, "internal", f"tunnel open failed: {failure.getErrorMessage()}"))
 
-        def failed(failure: Failure) -> None:
-            if result.called:
-                return
-            if failure.check(_Retry):
-                retried.append(failure.getErrorMessage())
-                attempt()
-            elif failure.check(OpenFailed):
-                result.errback(failure)
-            elif failure.check(CancelledError):
-                pass
-            else:
-                result.errback(OpenFailed(502, "internal", f"tunnel open failed: {failure.getErrorMessage()}"))
-
-        attempt()
-        return result
+    def _give_up(self, timed_out: bool) -> OpenFailed:
+        service = self.request.service
+        if self.failures:
+            tried = "; ".join(str(problem) for problem in self.failures.values())
+            labels = {problem.label for problem in self.failures.values()}
+            label = labels.pop() if len(labels) == 1 else "no_backend"
+            statuses = {problem.status for problem in self.failures.values()}
+            status = 504 if timed_out or statuses == {504} else (503 if statuses == {503} else 502)
+            if len(self.failures) == 1 and not timed_out:
+                (only,) = self.failures.values()
+                return only
+            why = f"no connector could serve {service!r}: {tried}"
+            if timed_out:
+                why += f"; open-timeout over before another connector could be tried"
+            return OpenFailed(status, label, why)
+        if timed_out and self.tried:
+            return OpenFailed(504, "open_timeout", f"no connector for {service!r} answered in time")
+        if self.tried:
+            why = "; ".join(dict.fromkeys(self.skipped)) or "refused the stream"
+            return OpenFailed(503, "no_link", f"no link for service {service!r} took the client ({why})")
+        withdrawn = sorted(
+            {link.connector for link in self.registry.links if link.usable and service in link.withdrawn}
+            & set(self.may_serve(service))
+        )
+        if withdrawn:
+            # Linked, allowed, and no longer offering it: their checks found its backend down.
+            names = ", ".join(repr(name) for name in withdrawn)
+            return OpenFailed(
+                502, "backend_down", f"no connector can reach a backend of {service!r}: {names} report it down"
+            )
+        return OpenFailed(503, "no_link", f"no live link for service {service!r}")

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from shield.config.model import InternalService
+from shield.internal.health import describe as describe_failure
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
 from shield.net import set_no_delay, stream_client_endpoint
 from shield.mux.budget import BufferBudget
@@ -354,10 +355,18 @@ class BackendStream(RelayedProtocol):
 class BackendDialer:
     """Dials backends for the services in the connector's own configuration."""
 
-    def __init__(self, services: tuple[InternalService, ...], metrics: Metrics, reactor: IReactorCore) -> None:
+    def __init__(
+        self,
+        services: tuple[InternalService, ...],
+        metrics: Metrics,
+        reactor: IReactorCore,
+        observe: Callable[[str, bool, str], None] | None = None,
+    ) -> None:
         self.services = {service.name: service for service in services}
         self.metrics = metrics
         self.reactor = reactor
+        #: Told of every dial's outcome (service, connected, why not): passive health evidence.
+        self.observe = observe if observe is not None else (lambda service, ok, why: None)
 
     def dial(self, service: InternalService) -> Deferred[BackendConnection]:
         endpoint = stream_client_endpoint(self.reactor, service.connect, service.connect_timeout)
@@ -368,7 +377,8 @@ class BackendDialer:
         factory.noisy = False
         connecting = endpoint.connect(factory)
         # A hard deadline on top of the endpoint's: TLS handshakes and name lookups count too.
-        timer = self.reactor.callLater(service.connect_timeout, connecting.cancel)
+        deadline: list[bool] = []
+        timer = self.reactor.callLater(service.connect_timeout, lambda: (deadline.append(True), connecting.cancel()))
 
         def done(result: object) -> object:
             if timer.active():
@@ -376,12 +386,21 @@ class BackendDialer:
             return result
 
         def timed_out(failure: Failure) -> Failure:
-            if failure.check(CancelledError, error.ConnectingCancelledError):
+            if failure.check(CancelledError, error.ConnectingCancelledError) and deadline:
                 return Failure(error.TimeoutError(f"no connection within {service.connect_timeout:g} s"))
             return failure
 
+        def observed(result: object) -> object:
+            if not isinstance(result, Failure):
+                self.observe(service.name, True, "")
+            elif not result.check(CancelledError, error.ConnectingCancelledError):
+                # Cancelled without the deadline: the client left; that says nothing of the backend.
+                self.observe(service.name, False, f"a client's connection failed: {describe_failure(result)}")
+            return result
+
         connecting.addBoth(done)
         connecting.addErrback(timed_out)
+        connecting.addBoth(observed)
         return connecting
 
 

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from shield.config.model import InternalConfig, Uri
 from shield.internal.backend import BackendDialer
 from shield.internal.discovery import Change, Discovery
+from shield.internal.health import HealthBoard
 from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label, resolve
 from shield.config.mux import mux_config_for
 from shield.reactor import describe as describe_reactor
@@ -50,7 +51,8 @@ class InternalGateway(Service):
         self.metrics = Metrics()
         self.budget = BufferBudget(config.buffer_budget)
         self.metrics.watch_budget(self.budget)
-        self.dialer = BackendDialer(config.services, self.metrics, reactor)
+        self.health = HealthBoard(config.services, reactor, self.metrics, self._offers_changed)
+        self.dialer = BackendDialer(config.services, self.metrics, reactor, self.health.observe)
         backplane = config.backplane
         self.mux_config = mux_config_for(backplane)
         # Built now, so a bad certificate stops the process before it dials anything.
@@ -84,6 +86,7 @@ class InternalGateway(Service):
                 admin_site(self.readiness, self.metrics.registry)
             )
             log.info("connector {name}: admin on {uri}", name=config.name, uri=str(config.admin))
+        self.health.start()
         for uri in config.backplane.connect:
             self._watch(uri)
         # The first look-ups run side by side; one that fails is retried (see discovery.py)
@@ -147,6 +150,7 @@ class InternalGateway(Service):
         self.tls_options.current = options
         self.mux_config = mux_config_for(new.backplane)
         self.dialer.services = {service.name: service for service in new.services}
+        self.health.reconfigure(new.services)
         self.budget.limit = new.buffer_budget
         before, after = set(old.backplane.connect), set(new.backplane.connect)
         for uri in sorted(after - before, key=str):
@@ -163,15 +167,28 @@ class InternalGateway(Service):
                         self._retire(gone)
         announced = 0
         if (old.priority, [s.name for s in old.services]) != (new.priority, [s.name for s in new.services]):
-            for slot in self.slots:
-                if slot.link is not None and slot.link.announce_again():
-                    announced += 1
+            announced = self._announce_again()
         log.info(
             "reloaded {source}: services {services}; priority {priority}; connect {connect}; "
             "announced again on {n} links; certificate and key reloaded for new links",
             source=str(source), services=", ".join(s.name for s in new.services), priority=new.priority,
             connect=", ".join(str(uri) for uri in new.backplane.connect), n=announced,
         )  # fmt: skip
+
+    def _announce_again(self) -> int:
+        """Tell every accepted link what this connector offers now; how many were told."""
+        return sum(1 for slot in self.slots if slot.link is not None and slot.link.announce_again())
+
+    def _offers_changed(self) -> None:
+        """A backend went down or came back: the DMZs learn it on every link at once."""
+        if self._stopping:
+            return
+        offered = self.health.up_services()
+        n = self._announce_again()
+        log.info(
+            "connector {name}: now offering {services}; announced on {n} links",
+            name=self.config.name, services=", ".join(offered) or "nothing", n=n,
+        )
 
     def _addresses_changed(self, uri: Uri, change: Change) -> None:
         """Slots for the addresses ``uri``'s host now has; drain those of addresses it lost."""
@@ -235,6 +252,7 @@ class InternalGateway(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
+        self.health.stop()
         for discovery in self.discoveries.values():
             discovery.stop()
         return self._drain()
@@ -277,6 +295,7 @@ class InternalGateway(Service):
                     f" (retrying every {discovery.next_delay:g} s)"
                 )
         missing += [f"endpoint {label}: no live link" for label, e in self.endpoints.items() if not e.links_up]
+        missing += self.health.problems()
         if not self.endpoints and not missing:
             missing.append("no backplane endpoint")
         return not missing, missing

@@ -69,7 +69,7 @@ class ConnectorLinkProtocol(MuxProtocol):
             name=gateway.name,
             priority=gateway.priority,
             version=__version__,
-            services=tuple(service.name for service in gateway.services),
+            services=self.slot.gateway.health.up_services(),
         )
 
     def announce_again(self) -> bool:

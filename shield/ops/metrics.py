@@ -33,6 +33,24 @@ class Metrics:
         self.streams_total = Counter(
             "shield_streams", "Tunnels opened since start, per service", ["service"], registry=self.registry
         )
+        self.backend_up = Gauge(
+            "shield_backend_up",
+            "Connector: 1 while a service's backend passes its health checks (the service is offered), 0 while it is down",
+            ["service"],
+            registry=self.registry,
+        )
+        self.backend_transitions = Counter(
+            "shield_backend_transitions",
+            "Connector: backend health changes, per service and the state it changed to (up, down)",
+            ["service", "to"],
+            registry=self.registry,
+        )
+        self.service_connectors = Gauge(
+            "shield_service_connectors",
+            "DMZ: connectors that offer a service now (announced, allowed, link usable)",
+            ["service"],
+            registry=self.registry,
+        )
         self._byte_tallies: dict[tuple[str, str], ByteTally] = {}
         self.registry.register(_BytesCollector(self._byte_tallies))
         self.open_failures = Counter(
@@ -76,6 +94,24 @@ class Metrics:
             "Window growth granted now to streams whose readers keep up, lent by the buffer budget",
             registry=self.registry,
         ).set_function(lambda: budget.lent)
+
+    # -- HealthMetrics (shield.internal.health) --------------------------------------------------
+
+    def set_up(self, service: str, up: bool) -> None:
+        self.backend_up.labels(service=service).set(1 if up else 0)
+
+    def transition(self, service: str, up: bool) -> None:
+        self.set_up(service, up)
+        self.backend_transitions.labels(service=service, to="up" if up else "down").inc()
+
+    def forget(self, service: str) -> None:
+        """A service left the configuration: its series go too."""
+        for metric, labels in ((self.backend_up, (service,)), (self.backend_transitions, (service, "up")),
+                               (self.backend_transitions, (service, "down"))):  # fmt: skip
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
 
     def byte_tally(self, service: str, direction: str) -> ByteTally:
         """The running total of one ``shield_bytes_total`` series, which relays add to directly."""

@@ -1,17 +1,17 @@
-"""docs/ha.md's example configuration is a file the loader accepts, with the cluster it describes."""
+"""docs/ha.md's example configurations are files the loader accepts, with what they describe."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from shield.config.loader import load_dmz_config
+from shield.config.loader import load_dmz_config, load_internal_config
 
 HA = Path(__file__).resolve().parents[2] / "docs" / "ha.md"
 
 
 def test_ha_example_loads(tmp_path: Path) -> None:
-    [block] = re.findall(r"```toml\n(.*?)```", HA.read_text(), re.S)
+    block, _ = re.findall(r"```toml\n(.*?)```", HA.read_text(), re.S)
     (tmp_path / "certs").mkdir()
     for name in ("dmz1.pem", "ca.pem"):
         (tmp_path / "certs" / name).write_text("checked for existence only\n")
@@ -22,3 +22,13 @@ def test_ha_example_loads(tmp_path: Path) -> None:
     echo = next(s for s in config.services if not s.is_balancer)
     for uri in balancer.accept:
         assert any((b.scheme, b.port, b.path) == (uri.scheme, uri.port, uri.path) for b in echo.balance)
+
+
+def test_ha_connector_example_loads_with_its_health_checks(tmp_path: Path) -> None:
+    _, block = re.findall(r"```toml\n(.*?)```", HA.read_text(), re.S)
+    (tmp_path / "certs").mkdir()
+    for name in ("c1.pem", "ca.pem"):
+        (tmp_path / "certs" / name).write_text("checked for existence only\n")
+    (tmp_path / "c1.toml").write_text(block)
+    (service,) = load_internal_config(tmp_path / "c1.toml").services
+    assert (service.health_check, service.health_path, service.health_fall, service.health_rise) == ("http", "/healthz", 3, 2)

@@ -880,3 +880,52 @@ def test_a_bad_buffer_budget_is_refused_at_its_key(refuse: Refuse, value: Any, p
     doc["dmz"]["buffer-budget"] = value
     refuse(doc, "dmz.buffer-budget", problem)
     refuse(internal_doc(buffer_budget=value), "internal.buffer-budget", problem)
+
+
+# --------------------------------------------------------------------------- backend health keys
+
+
+def health_doc(connect: str = "tcp://127.0.0.1:7000", **keys: Any) -> dict[str, Any]:
+    doc = internal_doc()
+    service = doc["internal"]["service"][0]
+    service["connect"] = connect
+    service.update({key.replace("_", "-"): value for key, value in keys.items()})
+    return doc
+
+
+def test_health_defaults_check_by_connecting(load: Load) -> None:
+    (service,) = load(health_doc()).services
+    assert (service.health_check, service.health_interval, service.health_timeout) == ("connect", 2.0, 2.0)
+    assert (service.health_rise, service.health_fall, service.health_path, service.health_status) == (2, 3, "/", 200)
+
+
+def test_every_health_key_is_read(load: Load) -> None:
+    (service,) = load(health_doc(health_check="http", health_interval=0.5, health_timeout=1, health_rise=1,
+                                 health_fall=5, health_path="/ready?deep=1", health_status=204)).services  # fmt: skip
+    assert service.health_check == "http" and service.health_path == "/ready?deep=1"
+    assert (service.health_interval, service.health_timeout, service.health_rise, service.health_fall, service.health_status) == (0.5, 1.0, 1, 5, 204)
+    (tls,) = load(health_doc("tls://10.0.0.2:443", health_check="tls")).services
+    assert tls.health_check == "tls"
+    (off,) = load(health_doc(health_check="off")).services
+    assert off.health_check == "off"
+
+
+@pytest.mark.parametrize(
+    "keys, key, problem",
+    [
+        ({"health_check": "ping"}, "health-check", "must be one of 'connect', 'tls', 'http', 'off' (got 'ping')"),
+        ({"health_check": "tls"}, "health-check", "a tls check needs a tls:// backend, and this one is tcp:"),
+        ({"health_path": "/x"}, "health-path", 'only used with health-check = "http"'),
+        ({"health_status": 204}, "health-status", 'only used with health-check = "http"'),
+        ({"health_check": "off", "health_interval": 1}, "health-interval", 'health checks are off'),
+        ({"health_check": "http", "health_path": "healthz"}, "health-path", "must be a path starting with /"),
+        ({"health_check": "http", "health_path": "/a b"}, "health-path", "without spaces"),
+        ({"health_check": "http", "health_status": 99}, "health-status", "must be between 100 and 599"),
+        ({"health_interval": 0}, "health-interval", "must be more than 0 seconds"),
+        ({"health_timeout": -1}, "health-timeout", "must be more than 0 seconds"),
+        ({"health_rise": 0}, "health-rise", "must be between 1 and 100"),
+        ({"health_fall": 101}, "health-fall", "must be between 1 and 100"),
+    ],
+)
+def test_a_bad_health_key_is_refused_at_its_path(refuse: Refuse, keys: dict[str, Any], key: str, problem: str) -> None:
+    refuse(health_doc(**keys), f"internal.service[0].{key}", problem)

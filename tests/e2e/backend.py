@@ -6,6 +6,9 @@
 - ``count``: reads to EOF and answers the byte count and SHA-256 of what it got, as one line.
 - ``ident:NAME``: first sends the line ``NAME\n``, then echoes like ``echo``; so a client can tell
   which of several backends (and so which connector) served it.
+- ``http:STATUS``: answers every HTTP request with STATUS and closes (for health checks).
+- ``hang``: listens but never accepts, with its accept queue full: a connection attempt hangs
+  until the client gives up (a backend that is up but stuck).
 PORT may be a unix socket path (starting with /). It prints "listening" once ready and one line per connection, so tests can count connections.
 """
 
@@ -76,8 +79,43 @@ def ident(name: str):  # type: ignore[no-untyped-def]
     return handler
 
 
+def http_status(status: int):  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 {status} Test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
+async def hang(port: int) -> None:
+    """A listening socket that is never accepted from, its queue filled by connections of its own."""
+    import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    await asyncio.sleep(0.2)
+    print(f"listening on 127.0.0.1:{port} (hang)", flush=True)
+    await asyncio.Event().wait()
+
+
 async def main(mode: str, port: int | str) -> None:
-    if mode.startswith("ident:"):
+    if mode == "hang":
+        assert isinstance(port, int)
+        await hang(port)
+        return
+    if mode.startswith("http:"):
+        handler = http_status(int(mode.split(":", 1)[1]))
+    elif mode.startswith("ident:"):
         handler = ident(mode.split(":", 1)[1])
     else:
         handler = {"echo": echo, "source": source, "count": count}[mode]

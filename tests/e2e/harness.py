@@ -224,7 +224,11 @@ class Topology:
         links: int = 2,
         extra: str = "",
     ) -> Path:
-        """``services``: name -> backend URI."""
+        """``services``: name -> backend URI.
+
+        Backend health checks are off: many tests count the connections their backend saw, and a
+        check is a connection of its own. tests/e2e/test_backend_health.py turns them on.
+        """
         lines = [
             "[internal]",
             f'name = "{name}"',
@@ -241,7 +245,10 @@ class Topology:
             "keepalive-interval = 1",
         ]
         for service, target in services.items():
-            lines += ["[[internal.service]]", f'name = "{service}"', f'connect = "{target}"', "connect-timeout = 3"]
+            lines += [
+                "[[internal.service]]", f'name = "{service}"', f'connect = "{target}"', "connect-timeout = 3",
+                'health-check = "off"',
+            ]  # fmt: skip
         return self.write(f"{name}.toml", "\n".join(lines) + "\n")
 
     def start_dmz(self, wait: bool = True) -> Process:

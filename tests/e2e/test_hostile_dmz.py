@@ -226,10 +226,12 @@ class Scene:
             'name = "echo"',
             f'connect = "tcp://127.0.0.1:{self.backend_port}"',
             "connect-timeout = 3",
+            'health-check = "off"',  # what the connector dials here is what the hostile DMZ caused
             "[[internal.service]]",
             'name = "slow"',
             f'connect = "tcp://127.0.0.1:{self.tarpit.port}"',
             f"connect-timeout = {slow_timeout:g}",
+            'health-check = "off"',
         ]
         topology.write("internal1.toml", "\n".join(lines) + "\n")
         self.dmz = topology.start_dmz()

@@ -332,7 +332,7 @@ def connector(
             links=links,
             resolve_interval=interval,
         ),
-        services=(InternalService("echo", Uri("tcp", "127.0.0.1", 7000)),),
+        services=(InternalService("echo", Uri("tcp", "127.0.0.1", 7000), health_check="off"),),  # only backplane dials here
         grace_period=5.0,
     )
     reactor = MemoryReactorClock()

@@ -505,6 +505,7 @@ class ShieldNet:
                 'name = "echo"',
                 f'connect = "tcp://127.0.0.1:{connector.backend_port}"',
                 "connect-timeout = 3",
+                'health-check = "off"',  # the tests count the backend's connections
             ]
             (self.folder / f"{name}.toml").write_text("\n".join(internal) + "\n")
 
