@@ -20,10 +20,11 @@ from shield.cluster.link import ForwardFailed, ForwardStream, MemberLinkProtocol
 from shield.cluster.membership import Candidate, Membership
 from shield.cluster.messages import ForwardReply, ForwardRequest, Heartbeat, ServiceState
 from shield.config.model import DmzCluster, Uri
+from shield.dns import Change, Discovery, resolve
 from shield.mux.budget import BufferBudget
 from shield.mux.config import MuxConfig
 from shield.mux.errors import MuxError
-from shield.net import describe_address, stream_client_endpoint, tcp_server_endpoint
+from shield.net import describe_address, is_ipv4, is_ipv6, stream_client_endpoint, tcp_server_endpoint
 from shield.ops.ratelog import RateLimitedLog
 from shield.tls.transport import LinkTLSEndpoint, LinkTLSFactory
 
@@ -84,6 +85,10 @@ class ClusterNode:
         self._server_tls = server_tls
         self._client_tls = client_tls
         self._dialers: dict[str, ClientService] = {}
+        #: Member host names followed by DNS (a headless Service), by the ``members`` URI.
+        self._followed: dict[Uri, Discovery] = {}
+        #: Resolved addresses a name no longer lists: dialled no more once their link drops.
+        self._retired: set[str] = set()
         self._seq = 0
         self._beat: LoopingCall | None = None
         self.port: IListeningPort | None = None
@@ -110,8 +115,7 @@ class ClusterNode:
             self.port = port
             log.info("cluster {cluster}: member {name} listening on {uri}", cluster=self.cluster_name, name=self.own_name, uri=str(self.config.accept))
             for uri in self.config.members:
-                if uri != self.config.accept:
-                    self.dial(uri)
+                self._add_member(uri)
             self._beat = LoopingCall(self.tick)
             self._beat.clock = self.clock
             self._beat.start(self.config.heartbeat_interval, now=False)
@@ -131,11 +135,11 @@ class ClusterNode:
         refuse them while this member has no connector links yet.
         """
         done: Deferred[None] = Deferred()
-        expected = len({str(uri) for uri in self.config.members if uri != self.config.accept})
         deadline = self.clock.seconds() + DRAIN_ACK_INTERVALS * self.config.heartbeat_interval
 
         def check() -> None:
             alive = self.alive_members()
+            expected = len(self._dialers) + len(self._self_endpoints)
             if (expected and len(alive) >= expected - len(self._self_endpoints)) or self.clock.seconds() >= deadline:
                 log.info("cluster {cluster}: {n} peers alive at start: {names}", cluster=self.cluster_name, n=len(alive), names=", ".join(alive) or "none")
                 done.callback(None)
@@ -150,18 +154,74 @@ class ClusterNode:
         if up, stay until they drop), and take a new heartbeat interval or member list."""
         old, self.config = self.config, config
         for uri in config.members:
-            if uri not in old.members and uri != config.accept:
-                self.dial(uri)
+            if uri not in old.members:
+                self._add_member(uri)
         for uri in old.members:
             if uri not in config.members:
-                service = self._dialers.pop(str(uri), None)
-                if service is not None:
-                    service.stopService()
+                discovery = self._followed.pop(uri, None)
+                if discovery is not None:
+                    discovery.stop()
+                    for address in discovery.addresses:
+                        self._stop_dialling(str(self._address_uri(uri, address)))
+                else:
+                    self._stop_dialling(str(uri))
+        for discovery in self._followed.values():
+            discovery.interval = config.resolve_interval
         if config.heartbeat_interval != old.heartbeat_interval and self._beat is not None and self._beat.running:
             self._beat.stop()
             self._beat = LoopingCall(self.tick)
             self._beat.clock = self.clock
             self._beat.start(config.heartbeat_interval, now=False)
+
+    def _add_member(self, uri: Uri) -> None:
+        """Dial a ``members`` URI; a host name is followed: every address it resolves to is dialled."""
+        if uri == self.config.accept:
+            return
+        if is_ipv4(uri.host) or is_ipv6(uri.host):
+            self.dial(uri)
+            return
+        if uri in self._followed or self._stopping:
+            return
+        discovery = Discovery(
+            uri.host,
+            lambda: resolve(uri),
+            self.clock,  # type: ignore[arg-type]
+            self.config.resolve_interval,
+            lambda change: self._member_addresses(uri, change),
+            where=f"cluster {self.cluster_name}: members {uri}",
+        )
+        self._followed[uri] = discovery
+        discovery.start()
+
+    @staticmethod
+    def _address_uri(uri: Uri, address: str) -> Uri:
+        return Uri(uri.scheme, address, uri.port)
+
+    def _member_addresses(self, uri: Uri, change: Change) -> None:
+        """A members host name resolved: dial the new addresses, let the removed ones go."""
+        for address in change.added:
+            member = self._address_uri(uri, address)
+            self._retired.discard(str(member))
+            if member != self.config.accept:
+                self.dial(member)
+        for address in change.removed:
+            self._stop_dialling(str(self._address_uri(uri, address)))
+        if change.added or change.removed:
+            log.info(
+                "cluster {cluster}: members {uri} now resolves to {addresses}",
+                cluster=self.cluster_name, uri=str(uri), addresses=", ".join(change.addresses),
+            )  # fmt: skip
+
+    def _stop_dialling(self, key: str) -> None:
+        """Dial ``key`` no more. A link that is up stays until it drops: a member that leaves
+        drains, and the clients forwarded to it over that link finish first."""
+        if any(link.dialled and link.endpoint == key for link in self.links):
+            self._retired.add(key)
+            return
+        self._retired.discard(key)
+        service = self._dialers.pop(key, None)
+        if service is not None:
+            service.stopService()
 
     def dial(self, uri: Uri) -> None:
         key = str(uri)
@@ -181,6 +241,8 @@ class ClusterNode:
             self._beat.stop()
         if self.discovery is not None:
             self.discovery.stop()  # type: ignore[attr-defined]
+        for discovery in self._followed.values():
+            discovery.stop()
         stopping = [service.stopService() for service in self._dialers.values()]
         for link in list(self.links):
             link.close("member shutting down")  # the last close frames of forwarded clients go out
@@ -231,6 +293,8 @@ class ClusterNode:
                     self._bad_peers.warn(host, f"cluster {self.cluster_name}: no member link from {link.endpoint}: {reason}")
             return
         self.links.discard(link)
+        if link.dialled and link.endpoint in self._retired:
+            self._stop_dialling(link.endpoint)
         name = link.peer_name or "?"
         if self.membership.link_down(name) and not self._stopping:
             log.warn("cluster {cluster}: member {name} is gone: link lost ({reason})", cluster=self.cluster_name, name=name, reason=reason)

@@ -92,7 +92,7 @@ _LIMIT_KEYS = (
 )  # fmt: skip
 _AUTH_KINDS = ("none", "token", "mtls")
 _TOKEN_HASH = re.compile(r"sha256:([0-9a-fA-F]{64})")
-_DMZ_CLUSTER_KEYS = ("name", "accept", "members", "connect", "heartbeat-interval", "member-names")
+_DMZ_CLUSTER_KEYS = ("name", "accept", "members", "connect", "heartbeat-interval", "member-names", "resolve-interval")
 _DMZ_BACKPLANE_KEYS = (
     "accept", "cert", "ca", "connectors",
     "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max", "max-streams",
@@ -152,6 +152,12 @@ def load_internal_config(path: str | os.PathLike[str]) -> InternalConfig:
         return _build_internal(data, source)
 
 
+def build_internal(data: dict[str, Any], folder: Path) -> InternalConfig:
+    """An internal gateway's configuration from a document that is not a file (relative paths are
+    taken from ``folder``); nothing to reload, so ``source`` is None."""
+    return dataclasses.replace(_build_internal(data, folder / "environment"), source=None)
+
+
 def expand_properties(text: str, properties: Mapping[str, str], key_path: str) -> str:
     """Replace each ``${name}`` in ``text`` by ``properties[name]``, in a single pass.
 
@@ -168,15 +174,34 @@ def expand_properties(text: str, properties: Mapping[str, str], key_path: str) -
         name = text[start + 2 : end]
         if not name:
             raise ConfigError(key_path, f"empty property name '${{}}' in {text!r}")
-        if name not in properties:
+        if name.startswith(ENV_PREFIX):
+            value = _environment(name[len(ENV_PREFIX) :], text, key_path)
+        elif name not in properties:
             raise ConfigError(key_path, _undefined_property(name, properties))
-        out += (text[pos:start], properties[name])
-        length += start - pos + len(properties[name])
+        else:
+            value = properties[name]
+        out += (text[pos:start], value)
+        length += start - pos + len(value)
         if length > MAX_EXPANDED_LENGTH:
             raise ConfigError(key_path, f"expands to more than {MAX_EXPANDED_LENGTH} characters")
         pos = end + 1
     out.append(text[pos:])
     return "".join(out)
+
+
+#: ``${env:NAME}`` in a string is the value of the environment variable NAME (containers,
+#: Kubernetes: secrets and settings arrive as environment variables).
+ENV_PREFIX = "env:"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _environment(variable: str, text: str, key_path: str) -> str:
+    if not _ENV_NAME.fullmatch(variable):
+        raise ConfigError(key_path, f"{variable!r} is not an environment variable name (in {text!r})")
+    value = os.environ.get(variable)
+    if value is None:
+        raise ConfigError(key_path, f"environment variable {variable} is not set (${{env:{variable}}} in {text!r})")
+    return value
 
 
 def _undefined_property(name: str, properties: Mapping[str, str]) -> str:
@@ -678,6 +703,9 @@ def _dmz_cluster(table: _Table, own_name: str, backplane: DmzBackplane) -> DmzCl
         connect=connect,
         heartbeat_interval=interval,
         member_names=names,
+        resolve_interval=table.seconds(
+            "resolve-interval", _default(DmzCluster, "resolve_interval"), zero_allowed=True
+        ),
     )
 
 

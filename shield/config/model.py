@@ -86,6 +86,7 @@ class DmzCluster:
     connect: Uri | None = None  # udp:// multicast group for discovery, or None
     heartbeat_interval: float = 1.0
     member_names: tuple[str, ...] = ()  # identities allowed as members; empty: any non-connector
+    resolve_interval: float = 30.0  # seconds between look-ups of host names in members; 0: once
 
 
 @dataclass(frozen=True, slots=True)

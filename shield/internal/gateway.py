@@ -1,7 +1,7 @@
 """The internal gateway (connector) as a twistd service: the link pool, admin, graceful drain.
 
 The pool follows DNS: every ``connect`` host name is looked up again every ``resolve-interval``
-seconds (``shield.internal.discovery``); a new address gets ``links`` slots, an address that is
+seconds (``shield.dns``); a new address gets ``links`` slots, an address that is
 gone has its slots drained (GoAway: open tunnels finish, no new ones land there).
 """
 
@@ -18,9 +18,9 @@ from twisted.logger import Logger
 
 from shield.config.model import InternalConfig, Uri
 from shield.internal.backend import BackendDialer
-from shield.internal.discovery import Change, Discovery
+from shield.dns import Change, Discovery, resolve
 from shield.internal.health import HealthBoard
-from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label, resolve
+from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label
 from shield.config.mux import mux_config_for
 from shield.reactor import describe as describe_reactor
 from shield.mux.budget import BufferBudget
@@ -30,6 +30,7 @@ from shield.ops.drain import raise_file_limit, exit_cleanly_after_drain, fatal
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.config.errors import ConfigError
+from shield.config.env import configured_by_environment, internal_config_from_environment
 from shield.config.loader import load_internal_config
 from shield.tls.contexts import ReloadableClientTLS, backend_client_options, backplane_client_options
 
@@ -128,10 +129,15 @@ class InternalGateway(Service):
         or removed (drained), the number of links per endpoint for new endpoints, limits.
         """
         source = self.config.source
-        if source is None or self._stopping:
+        if self._stopping:
             return
+        if source is None and not configured_by_environment():
+            return
+        what = str(source) if source is not None else "the environment"
         try:
-            new = load_internal_config(source)
+            # From the environment, a reload rereads the certificate files (a rotated Secret); the
+            # variables themselves cannot change in a running process.
+            new = load_internal_config(source) if source is not None else internal_config_from_environment()
             fixed = []
             if new.name != self.config.name:
                 fixed.append(f"internal.name changed ({self.config.name!r} -> {new.name!r})")
@@ -141,10 +147,10 @@ class InternalGateway(Service):
                 raise ConfigError("", f"{'; '.join(fixed)} (restart the connector for that)")
             options = _tls_material(new)
         except ConfigError as error:
-            log.error("reload refused, the running configuration stays: {problem}", problem=error.describe() if error.file else f"{source}: {error}")
+            log.error("reload refused, the running configuration stays: {problem}", problem=error.describe() if error.file else f"{what}: {error}")
             return
         except Exception as error:
-            log.error("reload refused, the running configuration stays: {source}: {problem}", source=str(source), problem=str(error))
+            log.error("reload refused, the running configuration stays: {source}: {problem}", source=what, problem=str(error))
             return
         old, self.config = self.config, new
         self.tls_options.current = options
@@ -171,7 +177,7 @@ class InternalGateway(Service):
         log.info(
             "reloaded {source}: services {services}; priority {priority}; connect {connect}; "
             "announced again on {n} links; certificate and key reloaded for new links",
-            source=str(source), services=", ".join(s.name for s in new.services), priority=new.priority,
+            source=what, services=", ".join(s.name for s in new.services), priority=new.priority,
             connect=", ".join(str(uri) for uri in new.backplane.connect), n=announced,
         )  # fmt: skip
 

@@ -8,7 +8,6 @@ a link has stayed up for 10 s, so a flapping DMZ is not hammered but a healthy o
 from __future__ import annotations
 
 import random
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -16,12 +15,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IReactorCore, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from shield.config.model import Uri
-from shield.net import is_ipv4, is_ipv6
+from shield.net import is_ipv6
 from shield.tls.transport import LinkTLSEndpoint
 
 if TYPE_CHECKING:
@@ -166,26 +163,6 @@ class Endpoint:
     @property
     def links_up(self) -> int:
         return sum(1 for slot in self.slots if slot.link is not None)
-
-
-def resolve(uri: Uri) -> Deferred[list[str]]:
-    """The addresses of a backplane ``connect`` host: each becomes an endpoint of its own.
-
-    ``getaddrinfo`` runs in the reactor's thread pool, and nothing here caches its answer: each
-    call asks the system resolver again (glibc reads /etc/hosts afresh on every call).
-    """
-    if is_ipv4(uri.host) or is_ipv6(uri.host):
-        return succeed([uri.host])
-
-    def lookup() -> list[str]:
-        infos = socket.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM)
-        seen: list[str] = []
-        for _family, _type, _proto, _name, sockaddr in infos:
-            if sockaddr[0] not in seen:
-                seen.append(sockaddr[0])
-        return seen
-
-    return deferToThread(lookup)
 
 
 def endpoint_for(reactor: IReactorCore, address: str, port: int, tls_options: object) -> IStreamClientEndpoint:

@@ -155,7 +155,21 @@ def test_minimal_cluster_and_its_defaults(load: Load) -> None:
         connect=None,
         heartbeat_interval=1.0,
         member_names=(),
+        resolve_interval=30.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("interval", "problem"),
+    [(-1, "must be at least 0 (0 disables) seconds (got -1)"), ("5", "expected a number of seconds"), (math.inf, "finite")],
+)
+def test_resolve_interval_refused(refuse: Refuse, interval: Any, problem: str) -> None:
+    refuse(cluster_doc(resolve_interval=interval), "dmz.cluster.resolve-interval", problem)
+
+
+def test_resolve_interval_zero_resolves_once(load: Load) -> None:
+    cluster = load(cluster_doc(resolve_interval=0)).cluster
+    assert cluster is not None and cluster.resolve_interval == 0.0
 
 
 def test_every_cluster_key_is_read(load: Load) -> None:
@@ -165,6 +179,7 @@ def test_every_cluster_key_is_read(load: Load) -> None:
         connect="udp://224.2.2.44:44444",
         heartbeat_interval=0.25,
         member_names=["dmz1", "dmz2", "dmz3"],
+        resolve_interval=5,
     )
     cluster = load(doc).cluster
     assert cluster == DmzCluster(
@@ -178,6 +193,7 @@ def test_every_cluster_key_is_read(load: Load) -> None:
         connect=Uri("udp", "224.2.2.44", 44444),
         heartbeat_interval=0.25,
         member_names=("dmz1", "dmz2", "dmz3"),
+        resolve_interval=5.0,
     )
 
 
@@ -611,7 +627,7 @@ def test_documented_two_member_example(tmp_path: Path, member: str, address: str
 
 
 # --------------------------------------------------------------------------- no other exception
-CLUSTER_KEYS = ["name", "accept", "members", "connect", "heartbeat-interval", "member-names",
+CLUSTER_KEYS = ["name", "accept", "members", "connect", "heartbeat-interval", "member-names", "resolve-interval",
                 "type", "mode", "balance", "allow-origin", "cert", "cluster", "service"]  # fmt: skip
 CLUSTER_STRINGS = [
     "balancer", "tunnel", "proxy", "redirect", "shield-east", "internal1", "dmz2", "", "${x}",

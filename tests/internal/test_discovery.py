@@ -18,9 +18,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from shield.config.model import InternalBackplane, InternalConfig, InternalService, Uri
-from shield.internal.discovery import UNRESOLVED_RETRY, Change, Discovery, describe_lookup_failure
+from shield.dns import UNRESOLVED_RETRY, Change, Discovery, describe_lookup_failure, resolve
 from shield.internal.gateway import InternalGateway
-from shield.internal.pool import resolve
 
 NXDOMAIN = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
@@ -50,11 +49,11 @@ class FakeResolver:
 
 @pytest.fixture
 def logged() -> Iterator[list[str]]:
-    """The formatted lines shield.internal logged during the test, with their level."""
+    """The formatted lines shield.internal and shield.dns logged during the test, with their level."""
     lines: list[str] = []
 
     def observe(event: LogEvent) -> None:
-        if str(event.get("log_namespace", "")).startswith("shield.internal"):
+        if str(event.get("log_namespace", "")).startswith(("shield.internal", "shield.dns")):
             lines.append(f"{event['log_level'].name}: {formatEvent(event)}")
 
     globalLogPublisher.addObserver(observe)

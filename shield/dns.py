@@ -1,6 +1,8 @@
-"""Discovery by DNS: the addresses of one backplane ``connect`` host, looked up again and again.
+"""Discovery by DNS: the addresses of one host name, looked up again and again.
 
-A connector keeps links to every address its ``connect`` host names resolve to. ``Discovery``
+A connector keeps links to every address its ``connect`` host names resolve to, and a DMZ member
+to every other member a ``members`` host name resolves to (a Kubernetes headless Service names
+every pod of a Deployment or StatefulSet that way, and follows it as it scales). ``Discovery``
 follows one such host: it asks a resolver (a callable returning a Deferred list of addresses),
 compares the answer with the addresses it knows and reports the difference to a callback; then
 it waits ``interval`` seconds and asks again. It does no I/O of its own and reads time only from
@@ -22,12 +24,16 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
-log = Logger(namespace="shield.internal.discovery")
+from shield.config.model import Uri
+from shield.net import is_ipv4, is_ipv6
+
+log = Logger(namespace="shield.dns")
 
 #: Seconds between look-ups while a host has never resolved (or ``interval``, when shorter).
 UNRESOLVED_RETRY = 5.0
@@ -165,3 +171,23 @@ def describe_lookup_failure(failure: Failure) -> str:
     if isinstance(error, LookupError) and error.args:
         return str(error.args[0])
     return failure.getErrorMessage() or failure.type.__name__
+
+
+def resolve(uri: Uri) -> Deferred[list[str]]:
+    """The addresses of ``uri``'s host (an address is its own answer), each one once.
+
+    ``getaddrinfo`` runs in the reactor's thread pool, and nothing here caches its answer: each
+    call asks the system resolver again (glibc reads /etc/hosts afresh on every call).
+    """
+    if is_ipv4(uri.host) or is_ipv6(uri.host):
+        return succeed([uri.host])
+
+    def lookup() -> list[str]:
+        infos = socket.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM)
+        seen: list[str] = []
+        for _family, _type, _proto, _name, sockaddr in infos:
+            if sockaddr[0] not in seen:
+                seen.append(sockaddr[0])
+        return seen
+
+    return deferToThread(lookup)
