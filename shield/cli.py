@@ -1,8 +1,10 @@
-"""The ``shield`` command: check a config, make dev certificates, hash a token, run the demo, be a test client."""
+"""The ``shield`` command: check a config, make dev certificates, hash a token, run the demo, be a test
+client, and answer a container engine's health check."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +71,50 @@ def hash_token() -> int:
     return 0
 
 
+#: Where ``shield healthcheck`` looks without a URL: the connector image's admin address.
+DEFAULT_HEALTHCHECK = "http://127.0.0.1:9101"
+
+
+def healthcheck_url(url: str | None, environ: dict[str, str] | None = None) -> str:
+    """The readiness URL to ask: the argument, else ``SHIELD_HEALTHCHECK_URL``, else the admin
+    address the sidecar listens on (``SHIELD_ADMIN``; a wildcard host is asked on 127.0.0.1).
+    A URL without a path means its ``/readyz``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    environ = dict(os.environ) if environ is None else environ
+    chosen = url or environ.get("SHIELD_HEALTHCHECK_URL") or environ.get("SHIELD_ADMIN") or DEFAULT_HEALTHCHECK
+    parts = urlsplit(chosen)
+    host = parts.hostname or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    path = parts.path if parts.path not in ("", "/") else "/readyz"
+    return urlunsplit((parts.scheme or "http", netloc, path, parts.query, ""))
+
+
+def healthcheck(url: str | None, timeout: float) -> int:
+    """Exit 0 when the gateway's ``/readyz`` answers 200, 1 otherwise, with one line saying why."""
+    import urllib.error
+    import urllib.request
+
+    target = healthcheck_url(url)
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as response:
+            status, body = response.status, response.read(4096).decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read(4096).decode("utf-8", "replace")
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        print(f"not ready: {target}: cannot ask it: {reason}")
+        return 1
+    if status == 200:
+        print(f"ready: {target}")
+        return 0
+    why = "; ".join(line.strip() for line in body.splitlines()[1:] if line.strip()) or body.strip()
+    print(f"not ready: {target} answered {status}: {why[:500]}")
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shield", description="shield reverse tunnel tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("hash-token", help="print the sha256: form of a token read from standard input")
 
+    echo = commands.add_parser("echo-backend", help="a TCP echo server, as a backend to try a tunnel with")
+    echo.add_argument("--listen", default="tcp://127.0.0.1:7000", help="tcp://host:port (default tcp://127.0.0.1:7000)")
+
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 when a gateway's admin /readyz answers 200, 1 otherwise (for container engines)"
+    )
+    health.add_argument("url", nargs="?", help=f"admin URL or its /readyz (default: $SHIELD_HEALTHCHECK_URL, $SHIELD_ADMIN, {DEFAULT_HEALTHCHECK})")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
+
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)
@@ -100,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(Path(args.dir))
     if args.command == "hash-token":
         return hash_token()
+    if args.command == "echo-backend":
+        from shield.demo import run_echo_backend
+
+        return run_echo_backend(args.listen)
+    if args.command == "healthcheck":
+        return healthcheck(args.url, args.timeout)
     if args.command == "client":
         from shield.client import run_client
 

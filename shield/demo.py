@@ -99,6 +99,36 @@ def _busy_ports() -> list[str]:
     return busy
 
 
+def run_echo_backend(listen: str) -> int:
+    """``shield echo-backend``: echo every byte back, until SIGINT or SIGTERM."""
+    from shield.config.errors import ConfigError
+    from shield.config.uris import parse_uri
+    from shield.net import tcp_server_endpoint
+
+    try:
+        uri = parse_uri(listen, ("tcp",), "--listen")
+    except ConfigError as error:
+        print(f"shield echo-backend: {error}", file=sys.stderr)
+        return 2
+    failed: list[str] = []
+
+    def listening(port: object) -> None:
+        print(f"echo backend listening on {uri}", flush=True)
+
+    def failure(reason: object) -> None:
+        failed.append(str(getattr(reason, "value", reason)))
+        print(f"shield echo-backend: cannot listen on {uri}: {failed[-1]}", file=sys.stderr, flush=True)
+        reactor.stop()
+
+    def start() -> None:
+        tcp_server_endpoint(reactor, uri).listen(protocol.Factory.forProtocol(Echo)).addCallbacks(listening, failure)
+
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return 1 if failed else 0
+
+
 def write_configs(folder: Path) -> tuple[Path, Path]:
     from shield.tls.devcerts import generate_dev_certs
 

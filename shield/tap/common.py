@@ -26,11 +26,15 @@ def config_failure(path: str, error: Exception) -> None:
 class GatewayOptions(usage.Options):
     optParameters = [["config", "c", None, "the gateway's TOML configuration file"]]
     loader: Callable[[Path], object]
+    #: Whether the gateway can also be configured by environment variables (the connector).
+    from_environment = False
 
     def postOptions(self) -> None:
         path = self["config"]
         if not path:
-            raise usage.UsageError("--config FILE is required")
+            raise usage.UsageError(
+                "--config FILE is required" + (" (or the SHIELD_* environment variables)" if self.from_environment else "")
+            )
         try:
             self["loaded"] = type(self).loader(Path(path))
         except ConfigError as error:

@@ -1,4 +1,5 @@
-"""``twistd shield-internal --config internal.toml``."""
+"""``twistd shield-internal --config internal.toml``, or ``twistd shield-internal`` configured by
+the ``SHIELD_*`` environment variables (a container sidecar; see shield/config/env.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,30 @@ shield_reactor.install()  # before anything imports twisted.internet.reactor
 
 from twisted.internet import reactor  # noqa: E402
 
+from shield.config.env import configured_by_environment, internal_config_from_environment
+from shield.config.errors import ConfigError
 from shield.config.loader import load_internal_config
-from shield.tap.common import GatewayOptions, build_or_exit
+from shield.tap.common import GatewayOptions, build_or_exit, config_failure
 
 
 class Options(GatewayOptions):
-    synopsis = "--config internal.toml"
-    longdesc = "Run a shield internal gateway (connector): dials the DMZ, serves its own backends."
+    synopsis = "[--config internal.toml]"
+    longdesc = (
+        "Run a shield internal gateway (connector): dials the DMZ, serves its own backends. "
+        "Without --config it is configured by the SHIELD_* environment variables (docs/containers.md)."
+    )
     loader = staticmethod(load_internal_config)
+    from_environment = True
+
+    def postOptions(self) -> None:
+        if self["config"] or not configured_by_environment():
+            super().postOptions()
+            return
+        try:
+            self["loaded"] = internal_config_from_environment()
+        except ConfigError as error:
+            config_failure("environment", error)
+        self["config"] = "environment"
 
 
 def makeService(options: Options) -> IService:

@@ -477,6 +477,47 @@ def test_expansion_cannot_blow_up(refuse: Any) -> None:
     refuse(doc, "properties.p14", "expands to more than 65536 characters")
 
 
+def test_environment_variables_expand_anywhere(load: Load, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``${env:NAME}``: a pod's IP or a mounted Secret's path arrive as environment variables."""
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
+    monkeypatch.setenv("SHIELD_TEST_NAME", "internal-7")
+    text = """
+[properties]
+"gateway.ip.address" = "${env:POD_IP}"
+[internal]
+name = "${env:SHIELD_TEST_NAME}"
+[internal.backplane]
+connect = "tls://${gateway.ip.address}:5941"
+server-name = "dmz1"
+cert = "internal1.pem"
+ca = "ca.pem"
+[[internal.service]]
+name = "echo"
+connect = "tcp://${env:POD_IP}:7000"
+"""
+    internal = load(text)
+    assert internal.name == "internal-7"
+    assert internal.backplane.connect == (Uri("tls", "10.1.2.3", 5941),)
+    assert internal.services[0].connect == Uri("tcp", "10.1.2.3", 7000)
+
+
+def test_environment_variable_errors(refuse: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHIELD_TEST_UNSET", raising=False)
+    doc = internal_doc()
+    doc["internal"]["name"] = "${env:SHIELD_TEST_UNSET}"
+    refuse(doc, "internal.name", "environment variable SHIELD_TEST_UNSET is not set (${env:SHIELD_TEST_UNSET} in")
+    doc["internal"]["name"] = "${env:2BAD}"
+    refuse(doc, "internal.name", "'2BAD' is not an environment variable name")
+    monkeypatch.setenv("SHIELD_TEST_EMPTY", "")
+    doc["internal"]["name"] = "${env:SHIELD_TEST_EMPTY}"  # set but empty: a value, checked as any other
+    refuse(doc, "internal.name", "bad gateway name ''")
+
+
+def test_environment_values_are_not_expanded_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHIELD_TEST_RAW", "${b}")
+    assert expand_properties("${env:SHIELD_TEST_RAW}-${b}", {"b": "!"}, "k") == "${b}-!"
+
+
 def test_expand_properties_is_single_pass() -> None:
     assert expand_properties("${a}${b}", {"a": "${b}", "b": "!"}, "k") == "${b}!"
 

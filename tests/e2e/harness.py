@@ -69,11 +69,12 @@ class Process:
     cwd: Path
     popen: subprocess.Popen | None = None
     started_at: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
 
     def start(self) -> "Process":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), **self.env)
         self.started_at = time.monotonic()
         self.popen = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env, start_new_session=True
