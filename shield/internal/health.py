@@ -216,12 +216,12 @@ class BackendMonitor:
         kind = service.health_check
         if kind == "connect":
             yield stream_client_endpoint(self.reactor, service.connect, service.health_timeout).connect(
-                Factory.forProtocol(_Hangup)
+                _quiet(Factory.forProtocol(_Hangup))
             )
             return None
         if kind == "tls":
             handshake: Deferred[None] = Deferred()
-            yield self._endpoint().connect(Factory.forProtocol(lambda: _Handshaker(handshake)))
+            yield self._endpoint().connect(_quiet(Factory.forProtocol(lambda: _Handshaker(handshake))))
             yield handshake  # the backend's certificate was verified
             return None
         # http: the request goes to the backend itself; the Host header names the service's host.
@@ -233,6 +233,12 @@ class BackendMonitor:
         if response.code != service.health_status:
             raise CheckFailed(f"GET {service.health_path} answered {response.code}, expected {service.health_status}")
         return None
+
+
+def _quiet(factory: Factory) -> Factory:
+    """No 'Starting factory' / 'Stopping factory' lines: a check runs every few seconds."""
+    factory.noisy = False
+    return factory
 
 
 @implementer(IHandshakeListener)

@@ -142,6 +142,8 @@ def test_return_to_the_active_connector_when_its_backend_is_back(topology: Topol
     assert returned < SERVE_BOUND
     assert connectors["internal1"].log().count("is up again") == 1
     assert "offers again echo" in dmz.log()
+    for connector in connectors.values():  # checks every few seconds, and not a log line for each
+        assert "Starting factory" not in connector.log() and "Stopping factory" not in connector.log()
 
 
 def test_a_hanging_backend_behind_the_active_connector_costs_no_client(topology: Topology) -> None:
