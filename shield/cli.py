@@ -45,11 +45,11 @@ def build_gateway(config: object) -> object:
     return InternalGateway(config, reactor)  # type: ignore[arg-type]
 
 
-def certs_dev(out: str, dmz_names: list[str], connectors: list[str]) -> int:
+def certs_dev(out: str, dmz_names: list[str], connectors: list[str], dmz_alt_names: list[str] | None = None) -> int:
     from shield.tls.devcerts import generate_dev_certs
 
     try:
-        written = generate_dev_certs(Path(out), dmz_names, connectors)
+        written = generate_dev_certs(Path(out), dmz_names, connectors, dmz_alt_names=dmz_alt_names or ())
     except ValueError as error:
         print(f"shield certs-dev: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     certs.add_argument("--out", required=True, help="folder for the PEM files")
     certs.add_argument("--dmz-name", nargs="+", required=True, dest="dmz_names", metavar="NAME")
     certs.add_argument("--connector", nargs="+", required=True, dest="connectors", metavar="ID")
+    certs.add_argument(
+        "--dmz-alt-name", nargs="+", action="extend", default=[], dest="dmz_alt_names", metavar="NAME",
+        help="more DNS names on every DMZ certificate, e.g. the name connectors verify (server-name) "
+        "when each member has a certificate of its own",
+    )
 
     demo = commands.add_parser("demo", help="run a DMZ gateway, a connector and an echo backend on 127.0.0.1")
     demo.add_argument("--dir", default="demo-run", help="folder for generated configs and certificates")
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "certs-dev":
-        return certs_dev(args.out, args.dmz_names, args.connectors)
+        return certs_dev(args.out, args.dmz_names, args.connectors, args.dmz_alt_names)
     if args.command == "demo":
         from shield.demo import run_demo
 

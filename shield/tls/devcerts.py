@@ -128,13 +128,17 @@ def issue_certificate(
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
     key: ec.EllipticCurvePrivateKey | None = None,
+    alt_names: Sequence[str] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """Issue a DMZ ("server") or connector ("client") certificate for ``name``.
+    """Issue a DMZ ("server") or connector ("client") certificate for ``name`` (and ``alt_names``,
+    more DNS names: the identity stays ``name``, the subject's CN).
 
     ``not_before`` / ``not_after`` override the validity window (tests use them to make expired
     certificates); otherwise the certificate runs ``days`` from now, never past the CA's own expiry.
     """
     validate_name(name)
+    for alt in alt_names:
+        validate_name(alt)
     key = key if key is not None else _new_key()
     start = not_before if not_before is not None else _now() - BACKDATE
     end = not_after if not_after is not None else min(
@@ -165,7 +169,7 @@ def issue_certificate(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectAlternativeName(_subject_alt_names(name, role)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_subject_alt_names(name, role, alt_names)), critical=False)
         .add_extension(x509.ExtendedKeyUsage([_eku(role)]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
@@ -175,11 +179,12 @@ def issue_certificate(
     return builder.sign(authority.key, hashes.SHA256()), key
 
 
-def _subject_alt_names(name: str, role: Role) -> list[x509.GeneralName]:
+def _subject_alt_names(name: str, role: Role, alt_names: Sequence[str] = ()) -> list[x509.GeneralName]:
     """DMZ certificates also name localhost and the loopback addresses, for one-machine setups."""
     if role == "client":
-        return [x509.DNSName(name)]
+        return [x509.DNSName(name)] + [x509.DNSName(alt) for alt in alt_names if alt != name]
     names: list[x509.GeneralName] = [x509.DNSName(name)]
+    names += [x509.DNSName(alt) for alt in dict.fromkeys(alt_names) if alt not in (name, "localhost")]
     if name != "localhost":
         names.append(x509.DNSName("localhost"))
     names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
@@ -258,9 +263,11 @@ def load_or_create_authority(out_dir: Path) -> tuple[Authority, list[Path]]:
 
 
 def generate_dev_certs(
-    out_dir: Path, dmz_names: Sequence[str], connectors: Sequence[str], days: int = 365
+    out_dir: Path, dmz_names: Sequence[str], connectors: Sequence[str], days: int = 365,
+    dmz_alt_names: Sequence[str] = (),
 ) -> list[Path]:
-    """Create (or reuse) the dev CA in ``out_dir`` and (re)issue one file per DMZ name and connector.
+    """Create (or reuse) the dev CA in ``out_dir`` and (re)issue one file per DMZ name and connector;
+    every DMZ certificate also carries the DNS names ``dmz_alt_names``.
 
     Returns the paths written: the CA files only when they were created, then every leaf file.
     Names are validated before anything is written.
@@ -269,7 +276,7 @@ def generate_dev_certs(
         raise TypeError("dmz_names and connectors are sequences of names, not a single string")
     if days < 1:
         raise ValueError(f"days must be at least 1, not {days}")
-    for name in [*dmz_names, *connectors]:
+    for name in [*dmz_names, *connectors, *dmz_alt_names]:
         validate_name(name)
     both = set(dmz_names) & set(connectors)
     if both:
@@ -279,7 +286,8 @@ def generate_dev_certs(
     authority, written = load_or_create_authority(out_dir)
     plan: list[tuple[str, Role]] = [(n, "server") for n in dmz_names] + [(n, "client") for n in connectors]
     for name, role in dict.fromkeys(plan):
-        cert, key = issue_certificate(authority, name, role, days=days)
+        alt = tuple(dmz_alt_names) if role == "server" else ()
+        cert, key = issue_certificate(authority, name, role, days=days, alt_names=alt)
         path = out_dir / f"{name}.pem"
         _write_file(path, leaf_pem(cert, key, [authority.certificate]), 0o600)
         written.append(path)

@@ -571,6 +571,36 @@ def test_dev_certs_sans_and_ekus(tmp_path: Path) -> None:
     assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
+def test_dev_certs_alt_names_for_members_with_certificates_of_their_own(tmp_path: Path) -> None:
+    """Kubernetes: shield-dmz-0 and -1 each have their own identity; connectors verify 'shield-dmz'."""
+    import subprocess
+    import sys
+
+    from service_identity.cryptography import verify_certificate_hostname
+
+    shield = str(Path(sys.executable).parent / "shield")
+    done = subprocess.run(
+        [shield, "certs-dev", "--out", str(tmp_path), "--dmz-name", "shield-dmz-0", "shield-dmz-1",
+         "--dmz-alt-name", "shield-dmz", "--connector", "app-sidecar"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for member in ("shield-dmz-0", "shield-dmz-1"):
+        cert = _bundle(tmp_path / f"{member}.pem")[0][0]
+        assert identity_from_certificate(cert) == member
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [member, "shield-dmz", "localhost"]
+        verify_certificate_hostname(cert, "shield-dmz")
+    client = _bundle(tmp_path / "app-sidecar.pem")[0][0]
+    san = client.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["app-sidecar"]
+    bad = subprocess.run(
+        [shield, "certs-dev", "--out", str(tmp_path), "--dmz-name", "d", "--dmz-alt-name", "bad name", "--connector", "c"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "bad name" in bad.stderr, bad
+
+
 def test_dev_certs_rerun_reuses_ca_and_adds_certs(tmp_path: Path) -> None:
     generate_dev_certs(tmp_path, ["dmz1"], ["internal1"])
     before = _fingerprint(tmp_path / "ca.pem")
