@@ -456,6 +456,8 @@ class DmzGateway(Service):
         ]
         if self._started is None or not self._started.called:
             missing.insert(0, "listeners not up yet")
+        if self.draining:  # a load balancer that polls /readyz stops sending before the pod goes
+            missing.insert(0, "draining: no new clients")
         return not missing, missing
 
     def _update_link_metrics(self) -> None:

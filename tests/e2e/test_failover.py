@@ -354,6 +354,8 @@ def test_dmz_sigterm_drains_open_tunnel(topology: Topology) -> None:
             port = topology.port(name)
             await until(f"{name} port refuses connections", lambda: refused(port), 10.0)
         refused_after = time.monotonic() - term_at
+        status, body = http_get(f"{topology.url('dmz-admin')}/readyz")  # the admin stays, saying why
+        assert status == 503 and "draining: no new clients" in body, (status, body)
         # The open client keeps working while new ones are refused.
         echoes_then = talker.echoes
         await until("the open client keeps echoing", lambda: talker.echoes >= echoes_then + 50, WAIT)
