@@ -106,7 +106,7 @@ def run_client(url: str) -> int:
         factory = WebSocketClientFactory(url)
         factory.protocol = _WebSocket
         context = ssl.optionsForClientTLS(uri.host) if uri.scheme == "wss" else None
-        connector = connectWS(factory, context)
+        connectWS(factory, context)
         original = factory.clientConnectionFailed
 
         def connection_failed(conn: Any, reason: Failure) -> None:

@@ -12,10 +12,8 @@ from typing import Callable, Iterable
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
@@ -294,7 +292,7 @@ class _Opening:
                 return only
             why = f"no connector could serve {service!r}: {tried}"
             if timed_out:
-                why += f"; open-timeout over before another connector could be tried"
+                why += "; open-timeout over before another connector could be tried"
             return OpenFailed(status, label, why)
         if timed_out and self.tried:
             return OpenFailed(504, "open_timeout", f"no connector for {service!r} answered in time")

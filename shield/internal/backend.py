@@ -22,10 +22,9 @@ from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorCore, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from shield.config.model import InternalService
 from shield.internal.health import describe as describe_failure

@@ -23,7 +23,7 @@ import time
 
 import pytest
 from backend import pattern_digest
-from harness import Process, Topology, http_get, reserve_ports, rss_kib
+from harness import Process, Topology, http_get, reserve_ports
 from test_memory import wait_plateau
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus

@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parent / "e2e"))  # harness.py, backend.py
 sys.path.insert(0, str(HERE))
 
 import nstopology  # noqa: E402
-from nstopology import Namespaces, NetnsUnavailable, ShieldNet  # noqa: E402
+from nstopology import Lab, Namespaces, NetnsUnavailable, ShieldNet  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +41,20 @@ def netns_available() -> Iterator[None]:
     for name in nstopology.list_namespaces():
         if name.startswith(mine):
             nstopology.run([nstopology.IP, "netns", "delete", name])  # type: ignore[list-item]
+
+
+@pytest.fixture
+def lab(netns_available: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """An empty topology (the test adds namespaces); everything goes at the end, /etc/netns too."""
+    lab = Lab(tmp_path, Namespaces())
+    try:
+        yield lab
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"----- test folder: {tmp_path}")
+            print(lab.tails(size=6000))
+    finally:
+        lab.close()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 from harness import HERE, Process, twistd
@@ -44,20 +44,6 @@ from websockets.sync.client import connect as ws_connect
 
 #: Generous bounds: a busy 2-core machine must not make these tests flake.
 WAIT = 30.0
-
-
-@pytest.fixture
-def lab(netns_available: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """An empty topology (the test adds namespaces); everything goes at the end, /etc/netns too."""
-    lab = Lab(tmp_path, Namespaces())
-    try:
-        yield lab
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(f"----- test folder: {tmp_path}")
-            print(lab.tails(size=6000))
-    finally:
-        lab.close()
 
 
 def until(what: str, condition: Callable[[], object], timeout: float = WAIT, lab: Lab | None = None) -> float:
@@ -362,7 +348,6 @@ def test_connector_follows_dns_of_backplane_host(lab: Lab) -> None:
     assert net.tcp_once("dmz2", b"through dmz2 after removal\n") == "echoed"
     # The open client ends: dmz1's last link closes; no link to dmz1 is dialled again.
     long_client.close()
-    closed_at = time.monotonic()
     drained = until(f"dmz1 logs 'link down' for all {LINKS} links of internal1",
                     lambda: len(net.links_down("dmz1")) >= LINKS, WAIT, lab)
     until("dmz1's metrics count no link of internal1", lambda: net.dmz_links("dmz1") == 0, WAIT, lab)

@@ -25,7 +25,7 @@ from typing import Callable
 import pytest
 from harness import twistd
 from nstopology import Lab, Namespaces, Veth
-from test_member_discovery import count_packets_to, lab, until, watch_output, write_config  # noqa: F401
+from test_member_discovery import count_packets_to, until, watch_output, write_config
 
 HOST = "members.test"
 LAN = {"dmz-a": "10.231.7.1", "dmz-b": "10.231.7.2", "dmz-c": "10.231.7.3"}
