@@ -12,14 +12,18 @@ the standby; stopping dmz2 drains it (exit 0) while a client of dmz1 carries on.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 import urllib.request
 from typing import Callable, Iterator
 
 import pytest
-from engine import Engine
+from engine import REPO, Engine
 from websockets.sync.client import connect as ws_connect
+
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from harness import echo  # noqa: E402
 
 WAIT = 120.0  # generous: containers start slowly on a busy 2-core machine
 PORTS = [8080, 9000, 8081, 9001, 8082, 9002, 9100, 9200, 9101, 9102, 5941, 5942, 5951, 5952, 7000]
@@ -47,17 +51,6 @@ def tcp_echo(port: int, payload: bytes) -> str:
             return echo(sock, payload)
     except OSError as problem:
         return f"failed: {problem!r}"
-
-
-def echo(sock: socket.socket, payload: bytes) -> str:
-    sock.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        chunk = sock.recv(65536)
-        if not chunk:
-            return f"closed after {len(received)} of {len(payload)} bytes"
-        received += chunk
-    return "echoed" if received == payload else f"wrong echo {received[:80]!r}"
 
 
 def ws_echo(url: str, payload: str) -> str:

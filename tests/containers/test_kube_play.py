@@ -30,7 +30,7 @@ import yaml
 from engine import REPO, Engine
 
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-from harness import Process, free_port, twistd  # noqa: E402
+from harness import Process, echo, free_port, twistd  # noqa: E402
 
 MANIFEST = REPO / "deploy" / "kubernetes" / "app-with-sidecar.yaml"
 SLIRP_HOST = "10.0.2.2"  # the host's loopback as a slirp4netns pod sees it
@@ -113,14 +113,7 @@ def test_sidecar_pod_serves_the_app_through_the_dmz(podman: Engine, dmz: tuple[P
     try:
         until("the DMZ accepts the sidecar's links", lambda: "connector 'app-sidecar' (priority 200" in process.log())
         with socket.create_connection(("127.0.0.1", public), timeout=10) as client:
-            client.sendall(b"to the app behind its sidecar\n")
-            received = b""
-            while len(received) < 30:
-                chunk = client.recv(100)
-                if not chunk:
-                    break
-                received += chunk
-        assert received == b"to the app behind its sidecar\n"
+            assert echo(client, b"to the app behind its sidecar\n") == "echoed"
         sidecar, app = "app-pod-0-shield-connector", "app-pod-0-app"
         for container in (sidecar, app):
             assert podman.run("exec", container, "id", "-u").stdout.strip() == "65532", container

@@ -44,6 +44,18 @@ def make_certs(folder: Path, dmz_names: list[str], connectors: list[str]) -> Pat
     return folder
 
 
+def echo(sock: socket.socket, payload: bytes) -> str:
+    """Send ``payload`` and read it back: "echoed", or what happened instead."""
+    sock.sendall(payload)
+    received = b""
+    while len(received) < len(payload):
+        chunk = sock.recv(65536)
+        if not chunk:
+            return f"closed after {len(received)} of {len(payload)} bytes"
+        received += chunk
+    return "echoed" if received == payload else f"wrong echo {received[:80]!r}"
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from harness import Process, Topology, http_get, iter_log_lines
+from harness import Process, Topology, echo, http_get, iter_log_lines
 
 WAIT = 20.0
 
@@ -26,17 +26,6 @@ def until(what: str, condition: Callable[[], bool], *logs: Process, timeout: flo
     raise AssertionError(f"not within {timeout} s: {what}\n{tails}")
 
 
-def echo(sock: socket.socket, line: bytes) -> bytes:
-    sock.sendall(line)
-    got = b""
-    while len(got) < len(line):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
 def connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     return sock
@@ -45,7 +34,7 @@ def connect(port: int) -> socket.socket:
 def served(port: int) -> bool:
     try:
         with connect(port) as sock:
-            return echo(sock, b"probe\n") == b"probe\n"
+            return echo(sock, b"probe\n") == "echoed"
     except OSError:
         return False
 
@@ -65,7 +54,7 @@ def running(topology: Topology):  # type: ignore[no-untyped-def]
 def test_dmz_reload_adds_and_removes_services_without_dropping_clients(running) -> None:  # type: ignore[no-untyped-def]
     topology, dmz, connector, backend = running
     old_client = connect(topology.port("tcp-echo"))
-    assert echo(old_client, b"before\n") == b"before\n"
+    assert echo(old_client, b"before\n") == "echoed"
     # The connector offers "extra" too (a reload of its own), the DMZ adds the service.
     topology.internal_config("c1", {"echo": f"tcp://127.0.0.1:{backend}", "extra": f"tcp://127.0.0.1:{backend}"})
     connector.signal(signal.SIGHUP)
@@ -73,14 +62,14 @@ def test_dmz_reload_adds_and_removes_services_without_dropping_clients(running) 
     topology.dmz_config({"echo": {}, "extra": {}}, {"c1": ["echo", "extra"]})
     dmz.signal(signal.SIGHUP)
     until("the DMZ serves the added service", lambda: served(topology.port("tcp-extra")), dmz, connector)
-    assert echo(old_client, b"still\n") == b"still\n"
+    assert echo(old_client, b"still\n") == "echoed"
     [line] = iter_log_lines(dmz, "reloaded")
     assert "services added: extra" in line
     # Remove "echo": its port closes for new clients; the open client keeps working.
     topology.dmz_config({"extra": {}}, {"c1": ["extra"]})
     dmz.signal(signal.SIGHUP)
     until("echo's port is closed", lambda: not served(topology.port("tcp-echo")), dmz)
-    assert echo(old_client, b"after removal\n") == b"after removal\n"
+    assert echo(old_client, b"after removal\n") == "echoed"
     assert served(topology.port("tcp-extra"))
     old_client.close()
 
@@ -107,12 +96,12 @@ def test_dmz_refuses_a_bad_file_whole_and_keeps_serving(running) -> None:  # typ
 def test_dmz_reload_applies_new_limits_to_new_clients(running) -> None:  # type: ignore[no-untyped-def]
     topology, dmz, _, _ = running
     first = connect(topology.port("tcp-echo"))
-    assert echo(first, b"one\n") == b"one\n"
+    assert echo(first, b"one\n") == "echoed"
     topology.dmz_config({"echo": {"max-connections": 1}}, {"c1": ["echo"]})
     dmz.signal(signal.SIGHUP)
     until("reloaded", lambda: any(iter_log_lines(dmz, "reloaded")), dmz)
     assert not served(topology.port("tcp-echo"))  # the limit holds for new clients
-    assert echo(first, b"two\n") == b"two\n"  # the open one is untouched
+    assert echo(first, b"two\n") == "echoed"  # the open one is untouched
     first.close()
     until("a new client once the first is gone", lambda: served(topology.port("tcp-echo")), dmz)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from harness import SHIELD, TWISTD, Process, Topology, free_port, http_get, wait_ready
+from harness import SHIELD, TWISTD, Process, Topology, echo, free_port, http_get, wait_ready
 
 WAIT = 30.0
 EXIT_BAD_CONFIG = 2
@@ -62,16 +62,9 @@ def run_connector(topology: Topology, env: dict[str, str]) -> Process:
     return process.start()
 
 
-def echo_through(port: int, payload: bytes) -> bytes:
+def echo_through(port: int, payload: bytes) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(payload)
-        received = b""
-        while len(received) < len(payload):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
-        return received
+        return echo(sock, payload)
 
 
 def healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -93,8 +86,7 @@ def test_sidecar_configured_by_environment_serves_its_backend(topology: Topology
     # Not ready before its links are up? It may be quick; the check must turn healthy either way.
     wait_ready(admin, WAIT, connector)
     assert "connector 'internal1' (priority 150" in dmz.wait_for_log("connector 'internal1' (priority 150", WAIT)
-    assert echo_through(topology.port("tcp-echo"), b"through a sidecar configured by environment\n") == \
-        b"through a sidecar configured by environment\n"
+    assert echo_through(topology.port("tcp-echo"), b"through a sidecar configured by environment\n") == "echoed"
     status, body = http_get(f"{admin}/metrics")
     assert status == 200 and 'shield_links_up{endpoint="127.0.0.1:' in body
     deadline = time.monotonic() + WAIT
@@ -174,7 +166,7 @@ def test_echo_backend(tmp_path: Path) -> None:
     backend.start()
     try:
         backend.wait_for_log(f"echo backend listening on tcp://127.0.0.1:{port}", WAIT)
-        assert echo_through(port, b"x" * 100_000) == b"x" * 100_000
+        assert echo_through(port, b"x" * 100_000) == "echoed"
         assert backend.stop(WAIT) == 0
     finally:
         backend.kill()

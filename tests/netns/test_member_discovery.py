@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from harness import HERE, Process, twistd
+from harness import HERE, Process, echo, twistd
 from nstopology import Lab, Namespaces, Veth
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import connect as ws_connect
@@ -207,17 +207,6 @@ class DnsNet:
             return f"failed: {problem!r}"
         finally:
             sock.close()
-
-
-def echo(sock: socket.socket, payload: bytes) -> str:
-    sock.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        chunk = sock.recv(65536)
-        if not chunk:
-            return f"closed after {len(received)} of {len(payload)} bytes"
-        received += chunk
-    return "echoed" if received == payload else f"wrong echo {received!r}"
 
 
 def start_dns_net(lab: Lab, *named: str) -> tuple[DnsNet, Process, Path]:
