@@ -42,6 +42,7 @@ from shield.config.model import (
     Uri,
 )
 from shield.config.uris import is_host_name, parse_uri
+from shield.names import NAME_RULE, is_name
 
 __all__ = [
     "load_config",
@@ -73,8 +74,6 @@ MAX_EXPANDED_LENGTH = 65536
 #: Dotted property names have at most this many parts (``a.b.c`` has 3).
 MAX_PROPERTY_DEPTH = 32
 
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_IDENTITY = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _PROPERTY_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
@@ -541,21 +540,15 @@ def _identity(table: _Table, key: str, what: str) -> str:
 
 
 def _check_identity(value: str, key_path: str, what: str) -> None:
-    if not _IDENTITY.fullmatch(value):
-        raise ConfigError(
-            key_path, f"bad {what} {value!r} (1 to 64 letters, digits, '.', '_' or '-')"
-        )
+    if not is_name(value):
+        raise ConfigError(key_path, f"bad {what} {value!r} ({NAME_RULE})")
 
 
 def _service_name(table: _Table, seen: dict[str, str]) -> str:
     """The service's name, checked for syntax and against the names ``seen`` so far."""
     name, path = table.string("name"), table.at("name")
-    if not _SERVICE_NAME.fullmatch(name):
-        raise ConfigError(
-            path,
-            f"bad service name {name!r} (1 to 63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit)",
-        )
+    if not is_name(name):
+        raise ConfigError(path, f"bad service name {name!r} ({NAME_RULE})")
     if name in seen:
         raise ConfigError(path, f"duplicate service name {name!r} (also at {seen[name]})")
     seen[name] = path

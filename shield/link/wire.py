@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Union
 
+from shield.names import NAME_PATTERN, NAME_RULE
+
 MAGIC = b"SH"
 VERSION = 1
 HEADER = struct.Struct(">2sBBH")
@@ -27,8 +29,6 @@ HEADER_SIZE = HEADER.size  # 6
 #: The body length is a u16, so no message can be larger than HEADER_SIZE + MAX_BODY.
 MAX_BODY = 0xFFFF
 
-#: Connector, DMZ, service and metadata-key names: also safe in logs, URLs and metric labels.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 #: C0, DEL and C1 controls: refused in every text field so a peer cannot forge log lines.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -134,8 +134,7 @@ def _check_name(kind: str, value: object) -> None:
         raise WireError(f"{kind} name must be a str, not {type(value).__name__}")
     if not NAME_PATTERN.fullmatch(value):
         raise WireError(
-            f"{kind} name {value!r} is not valid: expected 1-63 characters of A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit"
+            f"{kind} name {value!r} is not valid: expected {NAME_RULE}"
         )
 
 

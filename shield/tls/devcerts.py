@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shield.names import NAME_RULE, is_name
 
 __all__ = [
     "CA_CERT_FILE",
@@ -42,7 +43,6 @@ CA_DAYS = 3650
 #: Certificates start a little in the past so that small clock skew between hosts does not matter.
 BACKDATE = datetime.timedelta(minutes=5)
 
-_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RESERVED = {"ca", "ca-key"}
 
 Role = Literal["server", "client"]
@@ -61,11 +61,10 @@ class Authority:
 
 
 def validate_name(name: str) -> str:
-    """Return ``name`` if it is 1..64 chars of [A-Za-z0-9._-]: it becomes a file name and a DNS SAN."""
-    if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
-        raise ValueError(f"invalid certificate name {name!r}: use 1 to 64 characters of A-Z a-z 0-9 . _ -")
-    if set(name) == {"."}:
-        raise ValueError(f"invalid certificate name {name!r}: a name cannot be only dots")
+    """Return ``name`` if it is a gateway name (``shield.names``): it becomes a file name, a DNS SAN
+    and the identity a connector announces."""
+    if not is_name(name):
+        raise ValueError(f"invalid certificate name {name!r}: use {NAME_RULE}")
     if name.lower() in _RESERVED:
         raise ValueError(f"invalid certificate name {name!r}: reserved for the CA files")
     return name

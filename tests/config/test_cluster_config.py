@@ -272,7 +272,7 @@ def test_cluster_name(refuse: Refuse) -> None:
     refuse(cluster_doc(name=None), "dmz.cluster.name", "missing required key")
     refuse(cluster_doc(name=""), "dmz.cluster.name", "bad cluster name ''")
     refuse(cluster_doc(name="east cluster"), "dmz.cluster.name", "bad cluster name 'east cluster'")
-    refuse(cluster_doc(name="x" * 65), "dmz.cluster.name", "(1 to 64 letters, digits, '.', '_' or '-')")
+    refuse(cluster_doc(name="x" * 64), "dmz.cluster.name", "(1 to 63 letters, digits, '.', '_' or '-', starting")
     refuse(cluster_doc(name=1), "dmz.cluster.name", "expected a string, got an integer (1)")
     refuse(cluster_doc(name="${nope}"), "dmz.cluster.name", "undefined property 'nope'")
 

@@ -845,17 +845,18 @@ def test_duplicate_service_names(refuse: Any) -> None:
     refuse(doc, "dmz.service[1].name", "duplicate service name 'echo'")
 
 
-@pytest.mark.parametrize("name", ["", "dmz 1", "x" * 65, "dmz/1", "dmz1\n"])
+@pytest.mark.parametrize("name", ["", "dmz 1", "x" * 64, "dmz/1", "dmz1\n", "_conn", "-x", ".dmz"])
 def test_bad_gateway_names(refuse: Any, name: str) -> None:
     doc = dmz_doc()
     doc["dmz"]["name"] = name
-    refuse(doc, "dmz.name", f"bad gateway name {name!r} (1 to 64 letters, digits")
+    refuse(doc, "dmz.name", f"bad gateway name {name!r} (1 to 63 letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit)")
     doc = internal_doc()
     doc["internal"]["name"] = name
     refuse(doc, "internal.name", "bad gateway name")
 
 
-@pytest.mark.parametrize("name", ["-leading-dash-is-fine", "x" * 64, "a.b_c-d"])
+@pytest.mark.parametrize("name", ["x" * 63, "a.b_c-d", "0-starts-with-a-digit", "dmz_1"])
 def test_good_gateway_names(load: Load, name: str) -> None:
     doc = dmz_doc()
     doc["dmz"]["name"] = name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import struct
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import given
@@ -593,3 +594,38 @@ def test_safe_text_keeps_clean_text(text: str) -> None:
 def test_safe_text_examples() -> None:
     assert safe_text("refused\r\nFAKE: line\ud800") == "refused  FAKE: line\ufffd"
     assert safe_text("éé", 3) == "é"
+
+
+# -- one name rule: what the loader and the dev CA accept, the wire carries ---------------------
+
+
+@given(st.text(alphabet="abcXYZ019._- /\n\u00e9", max_size=70))
+def test_loader_dev_ca_and_wire_accept_the_same_names(name: str) -> None:
+    """A connector named in a checked file, with a dev certificate, can always announce itself."""
+    from shield.config.errors import ConfigError
+    from shield.config.loader import _check_identity
+    from shield.tls.devcerts import validate_name
+
+    def accepted(check: Callable[[], object], *errors: type[Exception]) -> bool:
+        try:
+            check()
+        except errors:
+            return False
+        return True
+
+    by_loader = accepted(lambda: _check_identity(name, "internal.name", "gateway name"), ConfigError)
+    by_dev_ca = accepted(lambda: validate_name(name), ValueError)
+    by_wire = accepted(lambda: encode(Announce(name, 100, "1.0", ("echo",))), WireError)
+    if name.lower() in ("ca", "ca-key"):  # the dev CA's own files
+        assert not by_dev_ca and by_loader == by_wire
+    else:
+        assert by_loader == by_dev_ca == by_wire, (name, by_loader, by_dev_ca, by_wire)
+
+
+@pytest.mark.parametrize("name", ["_conn", "-x", ".x", "x" * 64, "a b"])
+def test_names_the_wire_refuses_are_refused_everywhere(name: str) -> None:
+    from shield.cli import main
+
+    with pytest.raises(WireError):
+        encode(Announce(name, 100, "1.0", ("echo",)))
+    assert main(["certs-dev", "--out", "/nonexistent-never-written", "--dmz-name", "dmz1", f"--connector={name}"]) == 2

@@ -636,8 +636,8 @@ def test_dev_certs_reject_bad_names(tmp_path: Path, name: str) -> None:
 
 
 def test_dev_certs_accept_edge_names(tmp_path: Path) -> None:
-    written = generate_dev_certs(tmp_path, ["a" * 64], ["A.b_c-9"])
-    assert tmp_path / ("a" * 64 + ".pem") in written and tmp_path / "A.b_c-9.pem" in written
+    written = generate_dev_certs(tmp_path, ["a" * 63], ["A.b_c-9"])
+    assert tmp_path / ("a" * 63 + ".pem") in written and tmp_path / "A.b_c-9.pem" in written
 
 
 def test_dev_certs_refuse_half_a_ca(tmp_path: Path) -> None:
