@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
 
     certs = commands.add_parser("certs-dev", help="make a development CA and gateway certificates")
     certs.add_argument("--out", required=True, help="folder for the PEM files")
-    certs.add_argument("--dmz-name", nargs="+", required=True, dest="dmz_names", metavar="NAME")
-    certs.add_argument("--connector", nargs="+", required=True, dest="connectors", metavar="ID")
+    # extend: "--connector a --connector b" makes both (a repeated flag must not drop the first)
+    certs.add_argument("--dmz-name", nargs="+", action="extend", required=True, dest="dmz_names", metavar="NAME")
+    certs.add_argument("--connector", nargs="+", action="extend", required=True, dest="connectors", metavar="ID")
     certs.add_argument(
         "--dmz-alt-name", nargs="+", action="extend", default=[], dest="dmz_alt_names", metavar="NAME",
         help="more DNS names on every DMZ certificate, e.g. the name connectors verify (server-name) "

@@ -654,3 +654,13 @@ def test_issue_certificate_other_authority_is_not_trusted(tmp_path: Path) -> Non
     cert, _ = issue_certificate(other, "internal1", "client")
     with pytest.raises((ValueError, InvalidSignature)):
         cert.verify_directly_issued_by(ours)
+
+
+def test_certs_dev_repeated_flags_add_up(tmp_path: Path) -> None:
+    """`--connector a --connector b` makes both (it once made only b, silently)."""
+    from shield.cli import main
+
+    assert main(["certs-dev", "--out", str(tmp_path), "--dmz-name", "dmz1", "--dmz-name", "dmz2",
+                 "--connector", "a", "--connector", "b", "c"]) == 0  # fmt: skip
+    made = sorted(path.name for path in tmp_path.glob("*.pem"))
+    assert made == ["a.pem", "b.pem", "c.pem", "ca-key.pem", "ca.pem", "dmz1.pem", "dmz2.pem"]
