@@ -126,7 +126,8 @@ class InternalGateway(Service):
         check a start would make, or changes the name or the admin address. Applied: the
         certificate and key for new links, the backend of each service for new tunnels, the
         services and priority announced again on every link, ``connect`` URIs added (dialled)
-        or removed (drained), the number of links per endpoint for new endpoints, limits.
+        or removed (drained), the number of links per endpoint for new endpoints, limits, and
+        ``resolve-interval`` (from each host's next look-up).
         """
         source = self.config.source
         if self._stopping:
@@ -158,6 +159,9 @@ class InternalGateway(Service):
         self.dialer.services = {service.name: service for service in new.services}
         self.health.reconfigure(new.services)
         self.budget.limit = new.buffer_budget
+        for uri, discovery in self.discoveries.items():  # from the next look-up on
+            if not (is_ipv4(uri.host) or is_ipv6(uri.host)):
+                discovery.interval = new.backplane.resolve_interval
         before, after = set(old.backplane.connect), set(new.backplane.connect)
         for uri in sorted(after - before, key=str):
             self._watch(uri).start()
@@ -175,10 +179,12 @@ class InternalGateway(Service):
         if (old.priority, [s.name for s in old.services]) != (new.priority, [s.name for s in new.services]):
             announced = self._announce_again()
         log.info(
-            "reloaded {source}: services {services}; priority {priority}; connect {connect}; "
-            "announced again on {n} links; certificate and key reloaded for new links",
+            "reloaded {source}: services {services}; priority {priority}; connect {connect} "
+            "(resolve-interval {interval:g} s); announced again on {n} links; "
+            "certificate and key reloaded for new links",
             source=what, services=", ".join(s.name for s in new.services), priority=new.priority,
             connect=", ".join(str(uri) for uri in new.backplane.connect), n=announced,
+            interval=new.backplane.resolve_interval,
         )  # fmt: skip
 
     def _announce_again(self) -> int:
