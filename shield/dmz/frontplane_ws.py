@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import NoResource, Resource
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from shield.config.model import DmzService
@@ -310,7 +310,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
 def websocket_factory(front: ServiceFront, url: str) -> WebSocketServerFactory:
     """Autobahn factory for one service, with its limits (``max-message-size``, pings)."""
     config: DmzService = front.config
-    factory = WebSocketServerFactory(url)
+    factory = WebSocketServerFactory(url, server=None)  # no "Server: AutobahnPython/<version>"
     factory.protocol = PublicWebSocketProtocol
     factory.setProtocolOptions(
         maxMessagePayloadSize=config.max_message_size,
@@ -320,6 +320,7 @@ def websocket_factory(front: ServiceFront, url: str) -> WebSocketServerFactory:
         openHandshakeTimeout=config.open_timeout + 5.0,
         closeHandshakeTimeout=5.0,
         failByDrop=False,
+        webStatus=False,  # a plain GET gets 426, not Autobahn's status page with its version
     )
 
     def build(addr: object) -> PublicWebSocketProtocol:
@@ -473,7 +474,18 @@ def balanced_site(front: ServiceFront, url: str) -> Site:
     return _quiet_site(Site(_AnyPath(WebSocketResource(websocket_factory(front, url)))))
 
 
+class _AnonymousRequest(Request):
+    """A request whose answer does not say ``Server: TwistedWeb/<version>``: a public listener
+    does not tell the internet which library, at which version, it runs."""
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if (name.encode() if isinstance(name, str) else name).lower() == b"server":
+            return
+        super().setHeader(name, value)
+
+
 def _quiet_site(site: Site) -> Site:
+    site.requestFactory = _AnonymousRequest
     site.noisy = False
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]

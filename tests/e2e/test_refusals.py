@@ -247,3 +247,51 @@ def test_message_over_max_message_size_closes_with_1009(topology: Topology) -> N
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+# -- what a public listener says about itself -----------------------------------------------------
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_public_answers_do_not_name_the_server_software(topology: Topology) -> None:
+    """No ``Server:`` header (TwistedWeb/<version>, AutobahnPython/<version>) in any public answer."""
+    base_topology(topology, ["echo", "orphan"])
+    _, backend = topology.start_backend("echo")
+    topology.dmz_config({"echo": {}, "orphan": {}}, {"internal1": ["echo", "orphan"]})
+    topology.internal_config("internal1", {"echo": f"tcp://127.0.0.1:{backend}"})
+    dmz = topology.start_dmz()
+    topology.start_connector("internal1")
+    dmz.wait_for_log("serves echo")
+
+    async def upgrade_headers() -> dict[str, str]:
+        async with ws_connect(topology.url("ws-echo", "ws", "/echo")) as ws:
+            return {name.lower(): value for name, value in ws.response.headers.raw_items()}
+
+    accepted = asyncio.run(upgrade_headers())
+    assert "upgrade" in accepted and "server" not in accepted, accepted
+    port = topology.port("ws-echo")
+    not_found = raw_http(port, b"GET /nothing-here HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert not_found.startswith(b"HTTP/1.1 404"), not_found
+    bad = raw_http(port, b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # no upgrade headers
+    assert bad.startswith(b"HTTP/1.1 4"), bad
+    refused = raw_http(topology.port("ws-orphan"), (
+        b"GET /orphan HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ))  # fmt: skip
+    assert refused.startswith(b"HTTP/1.1 503"), refused
+    for answer in (not_found, bad, refused):
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert b"\r\nserver:" not in head, answer
+        assert b"twisted" not in answer.lower() and b"autobahn" not in answer.lower(), answer
+    assert bad.startswith(b"HTTP/1.1 426"), bad  # what a plain GET of a WebSocket path gets
