@@ -29,7 +29,17 @@ class GatewayOptions(usage.Options):
     #: Whether the gateway can also be configured by environment variables (the connector).
     from_environment = False
 
+    def name_pid_file(self) -> None:
+        """twistd writes ``twistd.pid`` in the working folder by default, so a DMZ gateway and a
+        connector started from one folder collided ("Another twistd server is running"). Unless
+        ``--pidfile`` is given, each gateway's file is named after it: ``shield-dmz.pid``,
+        ``shield-internal.pid``. (``--pidfile=`` writes none, as in the container image.)"""
+        parent = getattr(self, "parent", None)
+        if parent is not None and parent.get("pidfile") == "twistd.pid" and getattr(parent, "subCommand", None):
+            parent["pidfile"] = f"{parent.subCommand}.pid"
+
     def postOptions(self) -> None:
+        self.name_pid_file()
         path = self["config"]
         if not path:
             raise usage.UsageError(

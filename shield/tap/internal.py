@@ -27,6 +27,7 @@ class Options(GatewayOptions):
     from_environment = True
 
     def postOptions(self) -> None:
+        self.name_pid_file()
         if self["config"] or not configured_by_environment():
             super().postOptions()
             return
