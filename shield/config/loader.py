@@ -425,14 +425,15 @@ class _Table:
         """A required string, ``${}`` expanded."""
         return self._expand(self._raw(key, _MISSING), self.at(key))
 
-    def strings(self, key: str, default: Any = _MISSING) -> list[tuple[str, str]]:
-        """A list of strings (one string counts as a list of one), each with its key path."""
+    def strings(self, key: str, default: Any = _MISSING, empty: bool = False) -> list[tuple[str, str]]:
+        """A list of strings (one string counts as a list of one), each with its key path;
+        an empty array only where ``empty`` says it means something."""
         value = self._raw(key, default)
         if isinstance(value, str):
             return [(self._expand(value, self.at(key)), self.at(key))]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(self.at(key), f"expected an array of strings, got {_kind_of(value)}")
-        if not value:
+        if not value and not empty:
             raise ConfigError(self.at(key), "empty array (at least one value is required)")
         items = []
         for index, item in enumerate(value):
@@ -716,7 +717,7 @@ def _dmz_backplane(table: _Table) -> tuple[DmzBackplane, dict[str, list[str]]]:
         listing = _Table(raw, table.at("connectors"), table.ctx, tuple(raw))
         for identity in raw:
             _check_identity(identity, listing.at(identity), "connector identity")
-            offered = listing.strings(identity)
+            offered = listing.strings(identity, empty=True)  # []: a known connector cut off
             connectors[identity] = tuple(name for name, _ in offered)
             paths[identity] = [path for _, path in offered]
     backplane = DmzBackplane(

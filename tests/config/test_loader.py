@@ -518,6 +518,13 @@ def test_environment_values_are_not_expanded_again(monkeypatch: pytest.MonkeyPat
     assert expand_properties("${env:SHIELD_TEST_RAW}-${b}", {"b": "!"}, "k") == "${b}-!"
 
 
+def test_a_connector_with_an_empty_list_is_known_and_allowed_nothing(load: Load) -> None:
+    """``internal1 = []`` cuts a connector off (docs/security.md) without refusing the file."""
+    doc = dmz_doc()
+    doc["dmz"]["backplane"]["connectors"]["internal1"] = []
+    assert load(doc).backplane.connectors["internal1"] == ()
+
+
 def test_expand_properties_is_single_pass() -> None:
     assert expand_properties("${a}${b}", {"a": "${b}", "b": "!"}, "k") == "${b}!"
 
@@ -600,7 +607,6 @@ def set_key(doc: dict[str, Any], dotted: str, value: Any) -> None:
         ("dmz/backplane/ca", 1.5, "dmz.backplane.ca", "expected a string, got a float (1.5)"),
         ("dmz/backplane/connectors", ["echo"], "dmz.backplane.connectors", "expected a table"),
         ("dmz/backplane/connectors/internal1", 3, "dmz.backplane.connectors.internal1", "expected an array of strings"),
-        ("dmz/backplane/connectors/internal1", [], "dmz.backplane.connectors.internal1", "empty array"),
         ("dmz/backplane/connectors/internal1", ["echo", 1], "dmz.backplane.connectors.internal1[1]", "expected a string, got an integer"),
         ("dmz/service", ..., "dmz.service", "missing required key (at least one [[dmz.service]] is needed)"),
         ("dmz/service", [], "dmz.service", "at least one [[dmz.service]] is needed"),

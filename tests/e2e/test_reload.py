@@ -72,6 +72,16 @@ def test_dmz_reload_adds_and_removes_services_without_dropping_clients(running) 
     assert echo(old_client, b"after removal\n") == "echoed"
     assert served(topology.port("tcp-extra"))
     old_client.close()
+    # An empty list cuts the connector off: its link stays, it serves nothing new (docs/security.md).
+    links = dmz.log().count("connector 'c1' (priority")
+    topology.dmz_config({"extra": {}}, {"c1": []})
+    dmz.signal(signal.SIGHUP)
+    until("c1 is cut off", lambda: not served(topology.port("tcp-extra")), dmz)
+    assert "reload refused" not in dmz.log(), dmz.log()[-2000:]
+    topology.dmz_config({"extra": {}}, {"c1": ["extra"]})
+    dmz.signal(signal.SIGHUP)
+    until("c1 serves again, on the link it kept", lambda: served(topology.port("tcp-extra")), dmz)
+    assert dmz.log().count("connector 'c1' (priority") == links, "c1 was let back in by a new link"
 
 
 def test_dmz_refuses_a_bad_file_whole_and_keeps_serving(running) -> None:  # type: ignore[no-untyped-def]
