@@ -33,6 +33,7 @@ from shield.config.errors import ConfigError
 from shield.config.env import configured_by_environment, internal_config_from_environment
 from shield.config.loader import load_internal_config
 from shield.tls.contexts import ReloadableClientTLS, backend_client_options, backplane_client_options
+from shield.tls.identity import certificate_identity
 
 log = Logger(namespace="shield.internal")
 
@@ -321,6 +322,15 @@ def _tls_material(config: InternalConfig) -> object:
         {"internal.backplane.cert": backplane.cert, "internal.backplane.ca": backplane.ca},
         lambda: backplane_client_options(backplane.cert, backplane.ca, backplane.server_name),
     )
+    identity = certificate_identity(backplane.cert)
+    if identity != config.name:
+        # The DMZ takes the connector's identity from its certificate and refuses an ANNOUNCE
+        # naming another: such a connector would be refused at every link, forever.
+        raise ConfigError(
+            "internal.name",
+            f"{config.name!r} is not the identity of the certificate internal.backplane.cert "
+            f"({identity!r}): every DMZ would refuse its links",
+        )
     for index, service in enumerate(config.services):
         if service.connect.scheme == "tls":
             tls_material(

@@ -6,13 +6,14 @@ connector says later, so an announcement cannot claim to be another connector.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
-__all__ = ["identity_from_certificate", "negotiated_suite", "peer_identity"]
+__all__ = ["certificate_identity", "identity_from_certificate", "negotiated_suite", "peer_identity"]
 
 
 def identity_from_certificate(cert: x509.Certificate | crypto.X509) -> str | None:
@@ -20,6 +21,12 @@ def identity_from_certificate(cert: x509.Certificate | crypto.X509) -> str | Non
     if isinstance(cert, crypto.X509):
         cert = cert.to_cryptography()
     return _common_name(cert) or _first_dns_name(cert)
+
+
+def certificate_identity(path: Path) -> str | None:
+    """The identity of the first certificate in a PEM file (the leaf of a chain)."""
+    certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    return identity_from_certificate(certificates[0]) if certificates else None
 
 
 def _common_name(cert: x509.Certificate) -> str | None:

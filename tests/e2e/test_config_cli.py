@@ -239,3 +239,16 @@ def test_check_config_refuses_a_cert_that_is_not_pem(topology: Topology, gateway
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def test_internal_name_that_is_not_the_certificate_identity(topology: Topology) -> None:
+    """The DMZ would refuse every link of such a connector: check-config and the start say so."""
+    good, ports = internal_files(topology)
+    text = good.read_text()
+    assert 'name = "internal1"\n' in text
+    bad = topology.write("other-name.toml", text.replace('name = "internal1"\n', 'name = "internal2"\n', 1))
+    refused_without_dialling(
+        topology, bad, ports, "internal.name",
+        "'internal2' is not the identity of the certificate internal.backplane.cert ('internal1'): "
+        "every DMZ would refuse its links",
+    )  # fmt: skip
