@@ -80,6 +80,7 @@ class DmzGateway(Service):
         self._balanced_sites: dict[str, Factory] = {}
         self.ports: list[IListeningPort] = []
         self.admin_port: IListeningPort | None = None
+        self._link_series: set[str] = set()  # connectors with a shield_links_up series
         self.registry.on_change(self._update_link_metrics)
         self._update_link_metrics()  # every configured connector shows, at 0 until it links
         self._started: Deferred[None] | None = None
@@ -463,8 +464,12 @@ class DmzGateway(Service):
     def _update_link_metrics(self) -> None:
         gauge = self.metrics.links_up
         counts = self.registry.links_per_connector()
-        for connector in self.config.backplane.connectors:
+        configured = set(self.config.backplane.connectors)
+        for connector in configured | set(counts):
             gauge.labels(endpoint=connector).set(counts.get(connector, 0))
+        for connector in self._link_series - configured - set(counts):  # removed by a reload, unlinked
+            gauge.remove(connector)
+        self._link_series = configured | set(counts)
         offers = self.registry.offers()
         for name in self.fronts:
             self.metrics.service_connectors.labels(service=name).set(len(offers.get(name, ())))

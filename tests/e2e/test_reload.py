@@ -3,6 +3,7 @@ refused whole and the running configuration stays."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import ssl
@@ -169,3 +170,19 @@ def test_connector_reload_changes_backend_and_refuses_bad_files(running) -> None
     assert reaches_second()
     status, _ = http_get(f"{topology.url('admin-c1')}/readyz")
     assert status == 200
+
+
+def test_dmz_reload_removing_a_connector_removes_its_links_series(running) -> None:  # type: ignore[no-untyped-def]
+    topology, dmz, _, _ = running
+
+    def links_series() -> dict[str, str]:
+        _, body = http_get(f"{topology.url('dmz-admin')}/metrics")
+        return dict(re.findall(r'^shield_links_up\{endpoint="([^"]+)"\} (\S+)$', body, re.M))
+
+    topology.dmz_config({"echo": {}}, {"c1": ["echo"], "c2": ["echo"]})
+    dmz.signal(signal.SIGHUP)
+    until("c2 is listed, at 0", lambda: links_series().get("c2") == "0.0", dmz)
+    topology.dmz_config({"echo": {}}, {"c1": ["echo"]})
+    dmz.signal(signal.SIGHUP)
+    until("c2's series is gone", lambda: "c2" not in links_series(), dmz)
+    assert float(links_series()["c1"]) >= 1, links_series()
