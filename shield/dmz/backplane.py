@@ -25,6 +25,7 @@ from shield.mux.budget import BufferBudget
 from shield.mux.protocol import MuxProtocol
 from shield.net import describe_address, set_no_delay
 from shield.ops.ratelog import RateLimitedLog
+from shield.tls.contexts import refusal_logged
 from shield.tls.identity import negotiated_suite, peer_identity
 
 #: How long a connector has, once TLS is up, to announce itself.
@@ -199,7 +200,8 @@ class DmzLinkProtocol(MuxProtocol):
                 "link from {peer}: connector {identity!r} link down: {reason}",
                 peer=self.peer, identity=self.identity, reason=_describe(reason, self),
             )
-        elif self.identity is None and not self._said_why:
+        elif self.identity is None and not self._said_why and not refusal_logged(self.transport):
+            # (a certificate the TLS layer refused has had its one line, naming why)
             self.backplane.bad_peers.warn(
                 ("before TLS", self.peer.rsplit(":", 1)[0]),
                 f"link from {self.peer}: closed before TLS completed: {_describe(reason, self)}",

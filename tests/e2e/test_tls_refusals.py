@@ -117,6 +117,11 @@ def test_dmz_refuses_expired_connector_certificate(topology: Topology) -> None:
         connector, "link to 127.0.0.1:", "TLS handshake failed: peer refused our certificate: alert certificate expired"
     )
     assert "up; DMZ" not in connector.log()
+    # One line per refused link, as promised: the reason, not also a "closed before TLS" line.
+    peer = dmz_line.rsplit("(peer ", 1)[1].split(")", 1)[0]
+    time.sleep(1.0)  # whatever else the DMZ would log about that link is written by now
+    about_peer = [line for line in dmz.log().splitlines() if peer in line]
+    assert about_peer == [dmz_line], "\n".join(about_peer)
     print(f"\nDMZ: {dmz_line.strip()}\nconnector: {connector_line.strip()}")
 
 
