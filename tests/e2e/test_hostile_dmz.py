@@ -205,6 +205,12 @@ class Scene:
         certs = topology.certs(["internal1"])
         self.backend, self.backend_port = topology.start_backend("echo")
         self.tarpit = Tarpit()
+        # A canary: the address-shaped service names the hostile DMZ sends name it. A dial there
+        # lands in its accept queue, where the test finds it (a sampled /proc can miss one).
+        self.canary = socket.socket()
+        self.canary.bind(("127.0.0.1", 0))
+        self.canary.listen(16)
+        self.canary.setblocking(False)
         topology.dmz_config({"echo": {}}, {"internal1": ["echo"]})  # "slow" is offered to the hostile DMZ only
         self.fake_port = topology.port("hostile-backplane")
         self.legit_port = topology.port("backplane")
@@ -242,6 +248,7 @@ class Scene:
             "--ca", str(certs / "ca.pem"),
             "--name", topology.dmz_name,
             "--scenario", scenario,
+            "--canary", str(self.canary.getsockname()[1]),
             *(fake_args or []),
         ]
         self.fake = Process("hostile-dmz", argv, topology.folder / "hostile-dmz.log", topology.folder).start()
@@ -287,9 +294,21 @@ class Scene:
         assert remotes <= allowed, f"the connector dialled outside its config: {remotes - allowed}"
         return remotes
 
+    def canary_dials(self) -> int:
+        """Connections that reached the canary (each is taken off its queue)."""
+        count = 0
+        while True:
+            try:
+                sock, _ = self.canary.accept()
+            except BlockingIOError:
+                return count
+            sock.close()
+            count += 1
+
     def close(self) -> None:
         self.watch.stop()
         self.tarpit.close()
+        self.canary.close()
 
 
 @pytest.fixture
@@ -331,6 +350,9 @@ def test_unlisted_and_malformed_service_names_dial_nothing(topology: Topology, s
 
     # The backend saw the legitimate clients and the hostile DMZ's one valid echo: nothing else.
     s.finish()
+    assert s.canary_dials() == 0, "the connector dialled an address a hostile DMZ named"
+    socket.create_connection(s.canary.getsockname(), timeout=5).close()
+    assert s.canary_dials() == 1, "the canary must see a dial (else its silence proves nothing)"
     assert connections(s.backend) == legit.done + 1 + 1, (connections(s.backend), legit.done)
     assert metric(topology, "shield_open_failures_total", service="", reason="unknown_service") == len(UNKNOWN)
     assert metric(topology, "shield_open_failures_total", service="", reason="bad_open") == len(INVALID)

@@ -239,8 +239,9 @@ class HostileDmz(Factory):
             ("name-255", raw_open(b"a" * 255)),
             ("empty", raw_open(b"")),
             ("path", raw_open(b"../../etc/passwd")),
-            ("host-port", raw_open(b"127.0.0.1:22")),
-            ("uri", raw_open(b"tcp://127.0.0.1:22")),
+            # Addresses where the test listens (a canary): a connector that dialled them would show.
+            ("host-port", raw_open(f"127.0.0.1:{self.args.canary}".encode())),
+            ("uri", raw_open(f"tcp://127.0.0.1:{self.args.canary}".encode())),
             ("newline", raw_open(b"echo\n")),
             ("nul", raw_open(b"echo\x00")),
             ("escape", raw_open(b"\x1b[31mecho")),
@@ -355,6 +356,7 @@ def main() -> None:
     parser.add_argument("--ca", type=Path, required=True)
     parser.add_argument("--name", default="dmz1")
     parser.add_argument("--scenario", required=True, choices=["unknown", "oversized", "window", "reuse", "flood"])
+    parser.add_argument("--canary", type=int, default=22, help="a port the test listens on: names in OPENs point at it")
     parser.add_argument("--slow-service", default="slow", help="a service whose backend never answers")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--streams", type=int, default=400)
