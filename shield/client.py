@@ -114,7 +114,6 @@ def run_client(url: str) -> int:
             failed(reason)
 
         factory.clientConnectionFailed = connection_failed  # type: ignore[method-assign]
-        del connector
     else:
         endpoint = HostnameEndpoint(reactor, uri.host, uri.port)
         if uri.scheme == "tls":
