@@ -34,8 +34,14 @@ debian-test-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBIAN_TEST_PACKAGES); \
 	fi
 
-test: venv debian-test-deps
+test: venv debian-test-deps lint
 	$(BIN)/python -m pytest
+
+.PHONY: lint
+# Types (mypy, settings in setup.cfg: strict for shield/mux and shield/link) and a small ruff rule set.
+lint: venv
+	$(BIN)/mypy
+	$(BIN)/ruff check shield tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis demo-run

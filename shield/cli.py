@@ -32,17 +32,18 @@ def check_config(path: str) -> int:
 
 def build_gateway(config: object) -> object:
     """The gateway service twistd would run (not started): loads every certificate and key."""
-    from twisted.internet import reactor
+    from shield.transports import the_reactor
 
-    from shield.config.model import DmzConfig
+    from shield.config.model import DmzConfig, InternalConfig
 
     if isinstance(config, DmzConfig):
         from shield.dmz.gateway import DmzGateway
 
-        return DmzGateway(config, reactor)
+        return DmzGateway(config, the_reactor())
     from shield.internal.gateway import InternalGateway
 
-    return InternalGateway(config, reactor)  # type: ignore[arg-type]
+    assert isinstance(config, InternalConfig), type(config)
+    return InternalGateway(config, the_reactor())
 
 
 def certs_dev(out: str, dmz_names: list[str], connectors: list[str], dmz_alt_names: list[str] | None = None) -> int:

@@ -11,22 +11,24 @@ import sys
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from twisted.internet.protocol import connectionDone
 from twisted.internet import error, protocol, reactor, ssl, stdio
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from shield.config.errors import ConfigError
 from shield.config.uris import parse_uri
+from shield.transports import IStreamTransport
 
 _status = {"code": 0}
 
 
 def _stop(code: int) -> None:
     _status["code"] = code
-    if reactor.running:  # type: ignore[attr-defined]
-        reactor.stop()  # type: ignore[attr-defined]
+    if reactor.running:
+        reactor.stop()
 
 
 @implementer(IHalfCloseableProtocol)
@@ -44,7 +46,7 @@ class _Stdin(protocol.Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.finish()
 
 
@@ -54,7 +56,7 @@ class _WebSocket(WebSocketClientProtocol):
 
     def _stdin_done(self) -> None:
         # Wait briefly for the echo of what was sent, then close politely.
-        reactor.callLater(1.0, self.sendClose, 1000)  # type: ignore[attr-defined]
+        reactor.callLater(1.0, self.sendClose, 1000)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         sys.stdout.buffer.write(payload)
@@ -70,6 +72,8 @@ class _WebSocket(WebSocketClientProtocol):
 
 @implementer(IHalfCloseableProtocol)
 class _Raw(protocol.Protocol):
+    transport: IStreamTransport  # connected before any event reaches the protocol
+
     def connectionMade(self) -> None:
         stdio.StandardIO(_Stdin(self.transport.write, self._stdin_done))
 
@@ -87,7 +91,7 @@ class _Raw(protocol.Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         _stop(0 if reason.check(error.ConnectionDone) else 1)
 
 
@@ -113,11 +117,11 @@ def run_client(url: str) -> int:
             original(conn, reason)
             failed(reason)
 
-        factory.clientConnectionFailed = connection_failed  # type: ignore[method-assign]
+        factory.clientConnectionFailed = connection_failed  # type: ignore[method-assign, assignment]  # Autobahn's connectWS makes the connector: the failure is only seen here
     else:
-        endpoint = HostnameEndpoint(reactor, uri.host, uri.port)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, uri.host, uri.port)
         if uri.scheme == "tls":
             endpoint = wrapClientTLS(ssl.optionsForClientTLS(uri.host), endpoint)
         endpoint.connect(protocol.Factory.forProtocol(_Raw)).addErrback(failed)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return _status["code"]

@@ -12,11 +12,18 @@ import socket
 import sys
 from pathlib import Path
 
-from twisted.internet import protocol, reactor
+from typing import cast
+
+from twisted.internet import protocol
+from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.web.client import Agent, readBody
+from shield.transports import IGatewayReactor, IStreamTransport
+
+reactor = cast(IGatewayReactor, _reactor)
 
 DMZ_NAME = "dmz1"
 CONNECTOR = "internal1"
@@ -66,6 +73,8 @@ connect = "tcp://127.0.0.1:{echo}"
 
 
 class Echo(protocol.Protocol):
+    transport: IStreamTransport  # connected before any event reaches the protocol
+
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)
 
@@ -160,11 +169,11 @@ def run_demo(folder: Path) -> int:
     dmz_config, internal_config = write_configs(folder)
     twistd = str(Path(sys.executable).with_name("twistd"))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    children: list[tuple[Child, object]] = []
+    children: list[tuple[Child, IProcessTransport]] = []
 
     def spawn(name: str, plugin: str, config: Path) -> None:
         child = Child(name)
-        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+        transport = reactor.spawnProcess(
             child, twistd, [twistd, "-n", "--pidfile=", "--logfile=-", plugin, "--config", str(config)],
             env=env, path=str(folder),
         )
@@ -217,7 +226,7 @@ def run_demo(folder: Path) -> int:
         waits = []
         for child, transport in children:
             try:
-                transport.signalProcess("TERM")  # type: ignore[attr-defined]
+                transport.signalProcess("TERM")
             except Exception:
                 continue
             waits.append(child.ended)

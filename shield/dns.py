@@ -186,8 +186,9 @@ def resolve(uri: Uri) -> Deferred[list[str]]:
         infos = socket.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM)
         seen: list[str] = []
         for _family, _type, _proto, _name, sockaddr in infos:
-            if sockaddr[0] not in seen:
-                seen.append(sockaddr[0])
+            address = str(sockaddr[0])
+            if address not in seen:
+                seen.append(address)
         return seen
 
     return deferToThread(lookup)

@@ -8,16 +8,18 @@ from the transport and passes each one to the protocol it handed over to.
 
 from __future__ import annotations
 
-from twisted.internet import error
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
+from shield.transports import IStreamTransport
 
 
 @implementer(IHalfCloseableProtocol)
 class Handover(Protocol):
     """Subclasses read what they need, then call ``hand_to``."""
+
+    transport: IStreamTransport  # connected before any event reaches the protocol
 
     inner: IProtocol | None = None
 
@@ -51,7 +53,7 @@ class Handover(Protocol):
         if half is not None:
             half.writeConnectionLost()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.inner is not None:
             self.inner.connectionLost(reason)
         else:

@@ -18,13 +18,13 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import (
     IAddress,
-    IReactorCore,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
     ITransport,
 )
 
 from shield.config.model import Uri
+from shield.transports import IGatewayReactor
 
 
 def is_ipv6(host: str) -> bool:
@@ -41,14 +41,14 @@ def is_ipv4(host: str) -> bool:
         return False
 
 
-def tcp_server_endpoint(reactor: IReactorCore, uri: Uri, backlog: int = 1024) -> IStreamServerEndpoint:
+def tcp_server_endpoint(reactor: IGatewayReactor, uri: Uri, backlog: int = 1024) -> IStreamServerEndpoint:
     """A TCP listening endpoint for ``uri``'s host and port (IPv4 or IPv6 literal, or a name)."""
     if is_ipv6(uri.host):
         return TCP6ServerEndpoint(reactor, uri.port, backlog=backlog, interface=uri.host)
     return TCP4ServerEndpoint(reactor, uri.port, backlog=backlog, interface=uri.host)
 
 
-def stream_client_endpoint(reactor: IReactorCore, uri: Uri, timeout: float) -> IStreamClientEndpoint:
+def stream_client_endpoint(reactor: IGatewayReactor, uri: Uri, timeout: float) -> IStreamClientEndpoint:
     """A plain stream endpoint to ``tcp://``/``tls://`` host:port (TLS is added by the caller) or ``unix:``."""
     if uri.scheme == "unix":
         return UNIXClientEndpoint(reactor, uri.path, timeout=timeout)
@@ -76,11 +76,11 @@ def set_no_delay(transport: ITransport | None) -> None:
         setter = getattr(type(transport), "setTcpNoDelay", None)
         if setter is not None:
             try:
-                transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+                setter(transport, True)
             except (OSError, AttributeError):
                 pass
             if hasattr(transport, "bufferSize"):
-                transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
+                transport.bufferSize = READ_SIZE
             return
         transport = getattr(transport, "transport", None)
 

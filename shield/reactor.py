@@ -54,8 +54,8 @@ class EagerWrites:
     """
 
     socket: Any
-    connected: bool
-    disconnecting: bool
+    connected: int  # as FileDescriptor has them: 0 or 1
+    disconnecting: int
     dataBuffer: bytes
     offset: int
     _tempDataLen: int
@@ -82,7 +82,7 @@ class EagerWrites:
             if sent == len(data):
                 return
             data = data[sent:]
-        FileDescriptor.write(self, data)  # type: ignore[arg-type]
+        FileDescriptor.write(self, data)  # type: ignore[arg-type]  # a mixin: self is a FileDescriptor in every class that uses it
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         self.write(b"".join(iovec))
@@ -127,7 +127,7 @@ class EagerUNIXClient(EagerWrites, unix.Client):
 
 
 class EagerUNIXConnector(unix.Connector):
-    def _makeTransport(self) -> EagerUNIXClient:
+    def _makeTransport(self) -> EagerUNIXClient:  # type: ignore[override]  # Twisted annotates it with its TCP Client
         return EagerUNIXClient(self.address, self, self.reactor, self.checkPID)
 
 
@@ -201,14 +201,14 @@ class ShieldReactor(EPollReactor):
         listening.startListening()
         return listening
 
-    def connectTCP(  # type: ignore[override]
+    def connectTCP(
         self, host: str, port: int, factory: Any, timeout: float = 30.0, bindAddress: Any = None
     ) -> IConnector:
         connector = EagerTCPConnector(host, port, factory, timeout, bindAddress, self)
         connector.connect()
         return connector
 
-    def connectUNIX(self, address: str, factory: Any, timeout: float = 30, checkPID: int = 0) -> IConnector:  # type: ignore[override]
+    def connectUNIX(self, address: str, factory: Any, timeout: float = 30, checkPID: int = 0) -> IConnector:
         connector = EagerUNIXConnector(address, factory, timeout, self, checkPID)
         connector.connect()
         return connector

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+from twisted.internet.protocol import connectionDone
 from twisted.internet import error, protocol
-from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer, ITransport
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from shield.net import send_room, socket_under
+from shield.transports import IStreamTransport
 
 
 class Side(Protocol):
@@ -51,16 +53,16 @@ class Side(Protocol):
 class TransportSide:
     """A ``Side`` over an ordinary Twisted transport (TCP, TLS, unix socket, mux stream)."""
 
-    def __init__(self, transport: ITransport) -> None:
+    def __init__(self, transport: IStreamTransport) -> None:
         self.transport = transport
 
     @property
     def producer(self) -> IPushProducer:
-        return self.transport  # type: ignore[return-value]
+        return self.transport
 
     @property
     def consumer(self) -> IConsumer:
-        return self.transport  # type: ignore[return-value]
+        return self.transport
 
     def send(self, data: bytes) -> None:
         self.transport.write(data)
@@ -220,6 +222,8 @@ class RelayedProtocol(protocol.Protocol):
     header in the same chunk) are held and passed on first, in order.
     """
 
+    transport: IStreamTransport  # connected before any event reaches the protocol
+
     relay: Relay | None = None
     side: TransportSide | None = None
     _held: list[bytes] | None = None
@@ -237,7 +241,7 @@ class RelayedProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.relay is not None:
-            self.relay.received(self.side, data)  # type: ignore[arg-type]
+            self.relay.received(self.side, data)  # type: ignore[arg-type]  # side is set together with relay, in join() (a check here would cost every chunk)
         elif self._held is None:
             self._held = [data]
         else:
@@ -245,17 +249,17 @@ class RelayedProtocol(protocol.Protocol):
 
     def readConnectionLost(self) -> None:
         if self.relay is not None:
-            self.relay.eof(self.side)  # type: ignore[arg-type]
+            self.relay.eof(self.side)  # type: ignore[arg-type]  # side is set together with relay, in join() (a check here would cost every chunk)
         else:
             self._held_eof = True
 
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.relay is not None:
             clean = reason.check(error.ConnectionDone) is not None
-            self.relay.lost(self.side, clean, self.describe_loss(reason))  # type: ignore[arg-type]
+            self.relay.lost(self.side, clean, self.describe_loss(reason))  # type: ignore[arg-type]  # side is set together with relay, in join() (a check here would cost every chunk)
 
     def describe_loss(self, reason: Failure) -> str:
         return reason.getErrorMessage()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IMulticastTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from shield.config.errors import ConfigError
 from shield.config.model import Uri
 from shield.config.uris import parse_uri
+from shield.transports import IGatewayReactor
 
 if TYPE_CHECKING:
     from shield.cluster.node import ClusterNode
@@ -29,7 +30,9 @@ MAX_DATAGRAM = 1024
 
 
 class MulticastDiscovery(DatagramProtocol):
-    def __init__(self, node: "ClusterNode", group: Uri, accept: Uri, reactor: IReactorCore) -> None:
+    transport: IMulticastTransport  # listenMulticast's port, there before startProtocol
+
+    def __init__(self, node: "ClusterNode", group: Uri, accept: Uri, reactor: IGatewayReactor) -> None:
         self.node = node
         self.group = group
         self.accept = accept
@@ -40,7 +43,7 @@ class MulticastDiscovery(DatagramProtocol):
         self._complained = False
 
     def start(self) -> None:
-        self._port = self.reactor.listenMulticast(self.group.port, self, listenMultiple=True)  # type: ignore[attr-defined]
+        self._port = self.reactor.listenMulticast(self.group.port, self, listenMultiple=True)  # type: ignore[attr-defined]  # IReactorMulticast; every reactor shield installs has it
 
     def startProtocol(self) -> None:
         interface = self.accept.host

@@ -7,13 +7,12 @@ and this cluster's name, or the link is closed with one log line.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IProtocol, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -97,7 +96,7 @@ class MemberLinkProtocol(MuxProtocol):
         if stream is not None and self.is_open and not stream.disconnecting:
             stream.write(encode(heartbeat.to_json()))
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
@@ -124,7 +123,7 @@ class _IncomingStreams(Factory):
     def __init__(self, link: MemberLinkProtocol) -> None:
         self.link = link
 
-    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if self.link.peer_name is None:
             return None  # nothing before the handshake
         return IncomingStream(self.link)
@@ -181,9 +180,11 @@ class IncomingStream(Handover):
         if inner is None:
             self.transport.loseConnection()
             return
-        self.transport.speaks_for = _address(request.client_host, request.client_port)  # type: ignore[attr-defined]
-        # A balancer that terminated TLS and verified a client certificate says whose it was.
-        self.transport.client_identity = request.metadata.get("client-identity")  # type: ignore[attr-defined]
+        # The forward stream speaks for the balancer's client: its address, and (a balancer that
+        # terminated TLS and verified a client certificate says whose it was) its identity.
+        stream: Any = self.transport
+        stream.speaks_for = _address(request.client_host, request.client_port)
+        stream.client_identity = request.metadata.get("client-identity")
         self.hand_to(inner, self._decoder.take_rest())
 
 
@@ -257,7 +258,7 @@ class ForwardStream(RelayedProtocol):
             self._fail(ForwardFailed(502, f"member {self.member!r} closed the stream without answering", retry=True))
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -7,6 +7,8 @@ old; losing its last link (a reset, a TLS error, a missed keepalive) makes it de
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 import functools
 from dataclasses import dataclass
 
@@ -93,7 +95,8 @@ class Membership:
 
     def peers_seeing_drain(self, now: float) -> tuple[list[str], list[str]]:
         """(alive peers that know we drain, alive peers that do not know yet)."""
-        seen, unseen = [], []
+        seen: list[str] = []
+        unseen: list[str] = []
         for view in self.alive(now):
             assert view.heartbeat is not None
             (seen if self.own_name in view.heartbeat.seen_draining else unseen).append(view.name)
@@ -104,7 +107,7 @@ class Membership:
         balancer: Uri,
         own: Heartbeat,
         now: float,
-        exclude: set[str | None] = frozenset(),  # type: ignore[assignment]
+        exclude: AbstractSet[str | None] = frozenset(),
         recent: dict[str, int] | None = None,
     ) -> list[Candidate]:
         """Members that can serve clients of ``balancer`` now, fewest active clients first.

@@ -7,14 +7,20 @@ should take this balancer's client" and opens forward streams to peers.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TYPE_CHECKING, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IProtocol, IReactorCore
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IAddress,
+    IProtocol,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 
 from shield.cluster.link import ForwardFailed, ForwardStream, MemberLinkProtocol
 from shield.cluster.membership import Candidate, Membership
@@ -27,6 +33,10 @@ from shield.mux.errors import MuxError
 from shield.net import describe_address, is_ipv4, is_ipv6, stream_client_endpoint, tcp_server_endpoint
 from shield.ops.ratelog import RateLimitedLog
 from shield.tls.transport import LinkTLSEndpoint, LinkTLSFactory
+from shield.transports import IGatewayReactor
+
+if TYPE_CHECKING:
+    from shield.cluster.discovery import MulticastDiscovery
 
 log = Logger(namespace="shield.cluster")
 
@@ -36,7 +46,7 @@ DRAIN_ACK_INTERVALS = 3
 CONNECT_TIMEOUT = 5.0
 
 
-def _warnings_only(event: dict) -> None:  # type: ignore[type-arg]
+def _warnings_only(event: dict) -> None:
     if event.get("log_level", LogLevel.info) >= LogLevel.warn:
         globalLogPublisher(event)
 
@@ -44,7 +54,7 @@ def _warnings_only(event: dict) -> None:  # type: ignore[type-arg]
 class _MemberDialer(ClientService):
     """Twisted's reconnecting client, without a log line for every retry to a member that is down."""
 
-    _log = Logger(namespace="shield.cluster.dial", observer=_warnings_only)
+    _log = Logger(namespace="shield.cluster.dial", observer=cast(ILogObserver, _warnings_only))
 
 
 class LocalMember(Protocol):
@@ -60,15 +70,27 @@ class LocalMember(Protocol):
     def serve_forward(self, request: ForwardRequest, balancer: str) -> tuple[ForwardReply, IProtocol | None]: ...
 
 
+class _AcceptedMembers(Factory):
+    """The member links that arrive: each protocol is told the peer's address."""
+
+    noisy = False
+
+    def __init__(self, node: "ClusterNode") -> None:
+        self.node = node
+
+    def buildProtocol(self, addr: IAddress | None) -> MemberLinkProtocol:
+        return self.node.accepted(addr)
+
+
 class ClusterNode:
     def __init__(
         self,
         own_name: str,
         config: DmzCluster,
         local: LocalMember,
-        reactor: IReactorCore,
-        server_tls: object,
-        client_tls: object,
+        reactor: IGatewayReactor,
+        server_tls: IOpenSSLServerConnectionCreator,
+        client_tls: IOpenSSLClientConnectionCreator,
         mux_config: MuxConfig,
         budget: BufferBudget | None = None,
     ) -> None:
@@ -94,7 +116,7 @@ class ClusterNode:
         self.port: IListeningPort | None = None
         self._stopping = False
         self._self_endpoints: set[str] = set()
-        self.discovery: object | None = None
+        self.discovery: MulticastDiscovery | None = None
         #: Clients forwarded to each peer since its last heartbeat: heartbeats are a second
         #: apart, and a burst must not all go to the member that was least busy a second ago.
         self._forwarded_since: dict[str, int] = {}
@@ -104,9 +126,7 @@ class ClusterNode:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> Deferred[IListeningPort]:
-        factory = Factory.forProtocol(lambda: None)  # replaced below: needs the peer address
-        factory.buildProtocol = self._accepted  # type: ignore[method-assign]
-        factory.noisy = False
+        factory = _AcceptedMembers(self)
         listening = tcp_server_endpoint(self.reactor, self.config.accept).listen(
             LinkTLSFactory(self._server_tls, False, factory)
         )
@@ -123,7 +143,7 @@ class ClusterNode:
                 from shield.cluster.discovery import MulticastDiscovery
 
                 self.discovery = MulticastDiscovery(self, self.config.connect, self.config.accept, self.reactor)
-                self.discovery.start()  # type: ignore[attr-defined]
+                self.discovery.start()
             return port
 
         return listening.addCallback(listening_now)
@@ -185,7 +205,7 @@ class ClusterNode:
         discovery = Discovery(
             uri.host,
             lambda: resolve(uri),
-            self.clock,  # type: ignore[arg-type]
+            self.clock,
             self.config.resolve_interval,
             lambda change: self._member_addresses(uri, change),
             where=f"cluster {self.cluster_name}: members {uri}",
@@ -227,7 +247,7 @@ class ClusterNode:
         key = str(uri)
         if key in self._dialers or key in self._self_endpoints or self._stopping:
             return
-        endpoint = LinkTLSEndpoint(self._client_tls, stream_client_endpoint(self.reactor, uri, CONNECT_TIMEOUT))  # type: ignore[arg-type]
+        endpoint = LinkTLSEndpoint(self._client_tls, stream_client_endpoint(self.reactor, uri, CONNECT_TIMEOUT))
         factory = Factory.forProtocol(lambda: MemberLinkProtocol(self, True, key))
         factory.noisy = False
         service = _MemberDialer(endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0), clock=self.clock)
@@ -240,14 +260,16 @@ class ClusterNode:
         if self._beat is not None and self._beat.running:
             self._beat.stop()
         if self.discovery is not None:
-            self.discovery.stop()  # type: ignore[attr-defined]
+            self.discovery.stop()
         for discovery in self._followed.values():
             discovery.stop()
-        stopping = [service.stopService() for service in self._dialers.values()]
+        stopping: list[Deferred[None]] = [service.stopService() for service in self._dialers.values()]
         for link in list(self.links):
             link.close("member shutting down")  # the last close frames of forwarded clients go out
         if self.port is not None:
-            stopping.append(self.port.stopListening())
+            stopped = self.port.stopListening()
+            if stopped is not None:
+                stopping.append(stopped)
         from twisted.internet.defer import DeferredList
 
         return DeferredList(stopping, consumeErrors=True).addCallback(lambda _: None)
@@ -260,8 +282,8 @@ class ClusterNode:
             return identity in self.config.member_names or identity == self.own_name
         return identity not in connectors()
 
-    def _accepted(self, addr: object) -> MemberLinkProtocol:
-        return MemberLinkProtocol(self, False, describe_address(addr))  # type: ignore[arg-type]
+    def accepted(self, addr: IAddress | None) -> MemberLinkProtocol:
+        return MemberLinkProtocol(self, False, describe_address(addr))
 
     def link_ready(self, link: MemberLinkProtocol, name: str) -> bool:
         if name == self.own_name:

@@ -130,7 +130,8 @@ def _parse_authority(authority: str, form: str, fail: _Fail) -> tuple[str, int]:
         port_text = after[1:] if after else None
         host = _ipv6(host_text, fail)
     else:
-        host_text, colon, port_text_raw = authority.rpartition(":")
+        host_text, colon, port_text = authority.rpartition(":")
+        port_text_raw: str | None = port_text
         if not colon:
             host_text, port_text_raw = authority, None
         if host_text and ":" in host_text:

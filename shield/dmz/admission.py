@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from shield.config.model import ClientLimits
 from shield.ops.metrics import Metrics
+from shield.transports import IStreamTransport
 
 log = Logger(namespace="shield.dmz.admission")
 
@@ -148,6 +149,8 @@ class ClientGate:
 class Refused(Protocol):
     """What a connection refused at accept gets: an HTTP 503 with the reason (``http``), or a close."""
 
+    transport: IStreamTransport  # connected before any event reaches the protocol
+
     def __init__(self, refusal: Refusal, http: bool) -> None:
         self.refusal = refusal
         self.http = http
@@ -186,10 +189,10 @@ def client_of(addr: object) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def finish(transport: object) -> None:
+def finish(transport: IStreamTransport) -> None:
     """Close after what was written; cut at once if TLS never got going (a TLS transport holds
     writes until its handshake is done, and would then wait for ever)."""
     if getattr(transport, "_handshakeDone", True) is False:
-        transport.abortConnection()  # type: ignore[attr-defined]
+        transport.abortConnection()
     else:
-        transport.loseConnection()  # type: ignore[attr-defined]
+        transport.loseConnection()

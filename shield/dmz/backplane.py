@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet import error
-from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocol, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -27,6 +26,7 @@ from shield.net import describe_address, set_no_delay
 from shield.ops.ratelog import RateLimitedLog
 from shield.tls.contexts import refusal_logged
 from shield.tls.identity import negotiated_suite, peer_identity
+from shield.transports import IStreamTransport
 
 #: How long a connector has, once TLS is up, to announce itself.
 ANNOUNCE_TIMEOUT = 10.0
@@ -52,7 +52,7 @@ class DmzLinkProtocol(MuxProtocol):
         self.identity: str | None = None
         self.link: ConnectorLink | None = None
         self._control_taken = False
-        self._announce_timer = None
+        self._announce_timer: IDelayedCall | None = None
         self.control: ControlStream | None = None
         self._said_why = False
 
@@ -159,7 +159,7 @@ class DmzLinkProtocol(MuxProtocol):
             accepted=True, dmz_name=dmz.name, services=tuple(sorted(link.services)), refused=refused, message=""
         )
 
-    def go_away(self):  # type: ignore[no-untyped-def]
+    def go_away(self):
         """Drain: close the control stream too, so the link closes when the last tunnel ends."""
         closed = super().go_away()
         if self.control is not None and self.control.transport is not None:
@@ -192,7 +192,7 @@ class DmzLinkProtocol(MuxProtocol):
             self._announce_timer.cancel()
         self._announce_timer = None
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_announce_timer()
         if self.link is not None:
             self.backplane.registry.remove(self.link)
@@ -225,6 +225,8 @@ class ControlStream(Protocol):
     the link then serves the newly announced services at the new priority, without a new link.
     """
 
+    transport: IStreamTransport  # connected before any event reaches the protocol
+
     def __init__(self, link: DmzLinkProtocol) -> None:
         self.link = link
         self._reader = MessageReader((Announce,))
@@ -254,7 +256,7 @@ class _ControlStreamFactory(Factory):
     def __init__(self, link: DmzLinkProtocol) -> None:
         self.link = link
 
-    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if not self.link.take_control_stream():
             log.warn("link from {peer}: connector opened an extra stream; refused", peer=self.link.peer)
             return None
@@ -275,7 +277,7 @@ class BackplaneFactory(Factory):
         self.bad_peers = RateLimitedLog(log, clock)
         self.noisy = False
 
-    def buildProtocol(self, addr: IAddress) -> DmzLinkProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> DmzLinkProtocol:
         protocol = DmzLinkProtocol(self, describe_address(addr))
         protocol.factory = self
         self.protocols.add(protocol)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IProtocol
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,6 +33,7 @@ from shield.relay import Relay, TransportSide
 
 if TYPE_CHECKING:
     from shield.cluster.node import ClusterNode
+    from shield.dmz.frontplane_ws import GuardedSite
 
 log = Logger(namespace="shield.dmz.balancer")
 
@@ -227,7 +228,7 @@ class _BalancedClient(Handover):
 
     def before_handover(self, data: bytes) -> None:
         if self.relay_ is not None:
-            self.relay_.received(self.side, data)  # type: ignore[arg-type]
+            self.relay_.received(self.side, data)  # type: ignore[arg-type]  # side is set together with relay_, in join()
         elif self._placed:
             self._initial += data  # a member is being chosen: hold, it will get these first
         else:
@@ -238,13 +239,13 @@ class _BalancedClient(Handover):
 
     def readConnectionLost(self) -> None:
         if self.relay_ is not None:
-            self.relay_.eof(self.side)  # type: ignore[arg-type]
+            self.relay_.eof(self.side)  # type: ignore[arg-type]  # side is set together with relay_, in join()
         elif self.inner is not None:
             super().readConnectionLost()
         else:
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.gate.release(self.transport)
         super().connectionLost(reason)
 
@@ -254,7 +255,7 @@ class _BalancedClient(Handover):
             from twisted.internet import error
 
             clean = reason.check(error.ConnectionDone) is not None
-            self.relay_.lost(self.side, clean, reason.getErrorMessage())  # type: ignore[arg-type]
+            self.relay_.lost(self.side, clean, reason.getErrorMessage())  # type: ignore[arg-type]  # side is set together with relay_, in join()
         elif self._pending is not None:
             pending, self._pending = self._pending, None
             pending.addErrback(lambda _: None)
@@ -310,7 +311,7 @@ class BalancedHttpClient(_BalancedClient):
 
     kind = "ws"
 
-    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: Factory | None, clock, head_timeout: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: GuardedSite | None, clock, head_timeout: float) -> None:
         super().__init__()
         self.routes = routes
         self.fallback = fallback
@@ -361,7 +362,7 @@ class BalancedHttpClient(_BalancedClient):
         route = self.routes.get(path)
         if route is None:
             if self.fallback is not None:
-                self.hand_to(self.fallback.handed_over(self.transport.getPeer()), head)  # type: ignore[attr-defined]
+                self.hand_to(self.fallback.handed_over(self.transport.getPeer()), head)
             else:
                 self.send_refusal(404, "no WebSocket service at this path")
             return
@@ -380,16 +381,16 @@ class BalancedHttpClient(_BalancedClient):
             self._next()
             return
         self.front.counted(choice.member)
-        self._respond(302, "", [("Location", location)])
+        self._respond(302, "", (("Location", location),))
 
     def send_refusal(self, status: int, reason: str) -> None:
         self._answered = True
         self._respond(status, reason)
 
-    def _respond(self, status: int, reason: str, headers: list[tuple[str, str]] = []) -> None:
+    def _respond(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         if status == 401:
-            headers = headers + [("WWW-Authenticate", 'Bearer realm="shield"')]
-        self.transport.write(http_response(status, reason, tuple(headers)))
+            headers = (*headers, ("WWW-Authenticate", 'Bearer realm="shield"'))
+        self.transport.write(http_response(status, reason, headers))
         finish(self.transport)
 
     def lost_before_handover(self, reason: Failure) -> None:
@@ -420,7 +421,7 @@ def _location(choice: Candidate, accept: Uri, target: str) -> str | None:
 
 
 class BalancedHttpFactory(Factory):
-    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: Factory | None, gate: ClientGate) -> None:
+    def __init__(self, routes: dict[str, tuple[BalancerFront, Uri]], fallback: GuardedSite | None, gate: ClientGate) -> None:
         self.routes = routes
         self.fallback = fallback
         self.gate = gate
@@ -428,7 +429,7 @@ class BalancedHttpFactory(Factory):
         # The path is not known before the head is in: the shortest timeout of the listener.
         self.head_timeout = min(front.config.limits.handshake_timeout for front, _ in routes.values())
 
-    def buildProtocol(self, addr: IAddress) -> BalancedHttpClient | Refused:
+    def buildProtocol(self, addr: IAddress | None) -> BalancedHttpClient | Refused:
         ticket = self.gate.connection(host_of(addr), client_of(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=True)
@@ -445,7 +446,7 @@ class BalancedTcpFactory(Factory):
         self.accept = accept
         self.noisy = False
 
-    def buildProtocol(self, addr: IAddress) -> BalancedTcpClient | Refused:
+    def buildProtocol(self, addr: IAddress | None) -> BalancedTcpClient | Refused:
         ticket = self.front.gate.connection(host_of(addr), client_of(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=False)

@@ -6,10 +6,9 @@ tunnel opens; a refusal closes the connection with one log line (raw TCP has no 
 
 from __future__ import annotations
 
-from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IHandshakeListener
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -31,7 +30,7 @@ class PublicTcpProtocol(RelayedProtocol):
         self.after_handshake = kind == "tls" if after_handshake is None else after_handshake
         self._ticket: Ticket | None = None
         self.connection_ticket: Ticket | None = None  # the gateway's count, when accepted here
-        self._handshake_timer = None
+        self._handshake_timer: IDelayedCall | None = None
         self.client = "?"
         self._opening: Deferred[TunnelStream] | None = None
         self._gone = False
@@ -97,7 +96,7 @@ class PublicTcpProtocol(RelayedProtocol):
         self.front.refused(self.client, self.kind, problem)
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
@@ -117,7 +116,8 @@ class PublicTcpFactory(Factory):
         self.kind = kind
         self.noisy = False
 
-    def buildProtocol(self, addr: IAddress) -> PublicTcpProtocol | Refused:
+    def buildProtocol(self, addr: IAddress | None) -> PublicTcpProtocol | Refused:
+        # (Refused is not a PublicTcpProtocol: a refused client gets its answer and is closed)
         ticket = self.front.gate.connection(host_of(addr), client_of(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=False)

@@ -9,7 +9,7 @@ payloads (binary or text) become backend bytes; backend bytes become binary mess
 from __future__ import annotations
 
 from pprint import pformat
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -17,10 +17,11 @@ from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket import USES_NVX
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IAddress, IConsumer, IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import NoResource, Resource
+from twisted.internet.protocol import connectionDone
+from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -32,6 +33,7 @@ from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
 from shield.net import describe_address, send_room, set_no_delay, socket_under
 from shield.relay import Relay
+from shield.transports import IStreamTransport
 
 log = Logger(namespace="shield.dmz.frontplane_ws")
 
@@ -54,7 +56,7 @@ class _LazyFormat:
 # logging on or not: a tenth of the DMZ's time when clients connect and disconnect quickly. Its
 # module's ``pformat`` becomes lazy: the same text, built only when the line is written.
 # tests/dmz/test_autobahn_adapter.py pins that this still holds for the installed Autobahn.
-autobahn_protocol.pformat = _LazyFormat  # type: ignore[assignment]
+autobahn_protocol.pformat = _LazyFormat  # type: ignore[assignment]  # Autobahn formats every frame for a log line it drops; pinned by tests/dmz/test_autobahn_adapter.py
 
 _PHRASES = {
     400: "Bad Request",
@@ -94,11 +96,11 @@ class WebSocketSide:
 
     @property
     def producer(self) -> IPushProducer:
-        return self.protocol.transport  # type: ignore[return-value]
+        return self.protocol.transport
 
     @property
     def consumer(self) -> IConsumer:
-        return self.protocol.transport  # type: ignore[return-value]
+        return self.protocol.transport
 
     def send(self, data: bytes) -> None:
         self.protocol.sendMessage(data, isBinary=True)
@@ -127,6 +129,8 @@ class WebSocketSide:
 @implementer(IHalfCloseableProtocol)
 class PublicWebSocketProtocol(WebSocketServerProtocol):
     """One public WebSocket client of one service."""
+
+    transport: IStreamTransport  # connected before any event reaches the protocol
 
     front: ServiceFront  # set by the factory
 
@@ -224,7 +228,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._relay is not None and payload:
-            self._relay.received(self._side, payload)  # type: ignore[arg-type]
+            self._relay.received(self._side, payload)  # type: ignore[arg-type]  # _side is set together with _relay
 
     # -- the data path, without Autobahn's per-message extras ------------------------------------
     #
@@ -238,7 +242,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         if not self.failedByMe:
             data = self.message_data
             self.onMessage(data[0] if len(data) == 1 else b"".join(data), self.message_is_binary)
-        self.message_data = None
+        self.message_data = []
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if sync or chopsize or self.send_queue or self.state != WebSocketProtocol.STATE_OPEN:
@@ -274,7 +278,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
                 client=self.client, service=self.front.name, code=local_code, why=why,
             )
         if self._relay is not None:
-            self._relay.lost(self._side, bool(wasClean), reason or f"client closed ({code})")  # type: ignore[arg-type]
+            self._relay.lost(self._side, bool(wasClean), reason or f"client closed ({code})")  # type: ignore[arg-type]  # _side is set together with _relay
         elif self._tunnel is not None:
             self._tunnel.transport.abortConnection()
 
@@ -307,11 +311,25 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + encoded)
 
 
-def websocket_factory(front: ServiceFront, url: str) -> WebSocketServerFactory:
+class PublicWebSocketFactory(WebSocketServerFactory):
+    """Autobahn's factory, whose protocols know their service."""
+
+    protocol = PublicWebSocketProtocol
+
+    def __init__(self, front: ServiceFront, url: str) -> None:
+        super().__init__(url, server=None)  # no "Server: AutobahnPython/<version>"
+        self.front = front
+
+    def buildProtocol(self, addr: IAddress | None) -> PublicWebSocketProtocol:
+        protocol = cast(PublicWebSocketProtocol, super().buildProtocol(addr))
+        protocol.front = self.front
+        return protocol
+
+
+def websocket_factory(front: ServiceFront, url: str) -> PublicWebSocketFactory:
     """Autobahn factory for one service, with its limits (``max-message-size``, pings)."""
     config: DmzService = front.config
-    factory = WebSocketServerFactory(url, server=None)  # no "Server: AutobahnPython/<version>"
-    factory.protocol = PublicWebSocketProtocol
+    factory = PublicWebSocketFactory(front, url)
     factory.setProtocolOptions(
         maxMessagePayloadSize=config.max_message_size,
         maxFramePayloadSize=config.max_message_size,
@@ -322,13 +340,6 @@ def websocket_factory(front: ServiceFront, url: str) -> WebSocketServerFactory:
         failByDrop=False,
         webStatus=False,  # a plain GET gets 426, not Autobahn's status page with its version
     )
-
-    def build(addr: object) -> PublicWebSocketProtocol:
-        protocol = WebSocketServerFactory.buildProtocol(factory, addr)
-        protocol.front = front
-        return protocol
-
-    factory.buildProtocol = build  # type: ignore[method-assign]
     return factory
 
 
@@ -337,12 +348,12 @@ class _Root(Resource):
 
     def __init__(self) -> None:
         super().__init__()
-        self._routes: dict[bytes, Resource] = {}
+        self._routes: dict[bytes, IResource] = {}
 
-    def route(self, path: str, resource: Resource) -> None:
+    def route(self, path: str, resource: IResource) -> None:
         self._routes[path.encode()] = resource
 
-    def getChildWithDefault(self, name: bytes, request: Any) -> Resource:
+    def getChildWithDefault(self, name: bytes, request: Any) -> IResource:
         path = request.path
         resource = self._routes.get(path)
         if resource is not None:
@@ -357,11 +368,11 @@ class _Root(Resource):
 class _AnyPath(Resource):
     """Every path is the one service: a client a balancer sent here already chose it."""
 
-    def __init__(self, resource: Resource) -> None:
+    def __init__(self, resource: IResource) -> None:
         super().__init__()
         self._resource = resource
 
-    def getChildWithDefault(self, name: bytes, request: Any) -> Resource:
+    def getChildWithDefault(self, name: bytes, request: Any) -> IResource:
         request.postpath = []
         return self._resource
 
@@ -373,9 +384,12 @@ class GuardedChannel(HTTPChannel):
     """An HTTP connection on a public WebSocket port: counted by the gateway from its accept, and
     given ``handshake-timeout`` to finish its TLS handshake (wss) and send its request head."""
 
+    transport: IStreamTransport  # connected before any event reaches the protocol
+    site: GuardedSite  # set by GuardedSite.buildProtocol
+
     def connectionMade(self) -> None:
         super().connectionMade()
-        site: GuardedSite = self.site  # type: ignore[assignment]
+        site = self.site
         self._head_timer: Any = site.clock.callLater(site.handshake_timeout, self._head_too_slow)
 
     def allHeadersReceived(self) -> None:
@@ -389,7 +403,7 @@ class GuardedChannel(HTTPChannel):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        site: GuardedSite = self.site  # type: ignore[assignment]
+        site = self.site
         client = describe_address(self.transport.getPeer())
         seconds = site.handshake_timeout
         site.gate.metrics.refusals.labels(service="", limit="handshake_timeout").inc()
@@ -398,7 +412,7 @@ class GuardedChannel(HTTPChannel):
         finish(self.transport)
 
     def _bad_request(self, why: str) -> None:
-        site: GuardedSite = self.site  # type: ignore[assignment]
+        site = self.site
         self._stop_head_timer()
         client = describe_address(self.transport.getPeer())
         site.gate.metrics.refusals.labels(service="", limit="bad_request").inc()
@@ -406,7 +420,7 @@ class GuardedChannel(HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> Any:
         # Called again for every read of a long line until the socket closes: answer once.
-        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]  # after the refusal, whatever else arrives is dropped
         if getattr(self, "_answered_bad", False):
             return None
         self._answered_bad = True
@@ -418,15 +432,16 @@ class GuardedChannel(HTTPChannel):
         self._bad_request("malformed or oversized request head")
         super()._respondToBadRequestAndDisconnect()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_head_timer()
-        site: GuardedSite = self.site  # type: ignore[assignment]
+        site = self.site
         site.gate.release(self.transport)
         super().connectionLost(reason)
 
 
 class GuardedSite(Site):
-    protocol = GuardedChannel
+    # Twisted types Site.protocol as its HTTP/1-or-2 wrapper; buildProtocol only calls it.
+    protocol = GuardedChannel  # type: ignore[assignment]  # Site.protocol is typed as its HTTP/1-or-2 wrapper; buildProtocol only calls it
 
     def __init__(self, root: Resource, gate: ClientGate, handshake_timeout: float) -> None:
         super().__init__(root)
@@ -449,11 +464,11 @@ class GuardedSite(Site):
             self.gate.hold(transport, ticket)
             original(transport)
 
-        channel.makeConnection = make_connection  # type: ignore[method-assign]
+        channel.makeConnection = make_connection
         return channel
 
 
-def websocket_site(routes: list[tuple[str, ServiceFront, str]], gate: ClientGate) -> Site:
+def websocket_site(routes: list[tuple[str, ServiceFront, str]], gate: ClientGate) -> GuardedSite:
     """One twisted.web site for a listener: ``routes`` are (path, service, public URL).
 
     The path is not known before the request head is in, so the handshake timeout is the
@@ -484,11 +499,14 @@ class _AnonymousRequest(Request):
         super().setHeader(name, value)
 
 
-def _quiet_site(site: Site) -> Site:
+_S = TypeVar("_S", bound=Site)
+
+
+def _quiet_site(site: _S) -> _S:
     site.requestFactory = _AnonymousRequest
     site.noisy = False
     site.displayTracebacks = False
-    site.log = lambda request: None  # type: ignore[method-assign]
+    site.log = lambda request: None  # type: ignore[method-assign]  # no access log line per public request
     return site
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import signal
+from functools import partial
+from pathlib import Path
 from collections import defaultdict
 from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
-from twisted.internet.interfaces import IListeningPort, IReactorCore
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
 
 from twisted.internet.interfaces import IAddress, IProtocol
 
@@ -38,7 +41,10 @@ from shield.ops.drain import raise_file_limit, drain_links, exit_cleanly_after_d
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.tls.transport import LinkTLSFactory
+from shield.transports import IGatewayReactor
 from shield.tls.contexts import (
+    MemberConnectionCreator,
+    ServerTLSContext,
     ReloadableClientTLS,
     ReloadableServerTLS,
     backplane_server_context,
@@ -56,7 +62,7 @@ CLOSE_LINGER = 2.0
 class DmzGateway(Service):
     """Everything one ``shield-dmz`` process runs."""
 
-    def __init__(self, config: DmzConfig, reactor: IReactorCore) -> None:
+    def __init__(self, config: DmzConfig, reactor: IGatewayReactor) -> None:
         self.config = config
         self.reactor = reactor
         self.metrics = Metrics()
@@ -77,7 +83,7 @@ class DmzGateway(Service):
         self.draining = False
         self.node: ClusterNode | None = None
         self.balancers: dict[str, BalancerFront] = {}
-        self._balanced_sites: dict[str, Factory] = {}
+        self._balanced_sites: dict[str, Site] = {}
         self.ports: list[IListeningPort] = []
         self.admin_port: IListeningPort | None = None
         self._link_series: set[str] = set()  # connectors with a shield_links_up series
@@ -90,6 +96,8 @@ class DmzGateway(Service):
         self.public_tls = material.public
         self.cluster_tls = (ReloadableServerTLS(material.cluster[0]), ReloadableClientTLS(material.cluster[1])) if material.cluster else None
         self.frontplane_ports: dict[tuple[str, str, int], IListeningPort] = {}
+        #: The factory each public port listens with: a reload swaps what it delegates to.
+        self.port_factories: dict[tuple[str, str, int], PortFactory] = {}
         if config.cluster is not None:
             self.node = self._cluster_node(config)
             node = self.node
@@ -108,7 +116,7 @@ class DmzGateway(Service):
         server = tls_material(
             files, lambda: backplane_server_context(backplane.cert, backplane.ca, known_identity_check(self.backplane))
         )
-        public = {}
+        public: dict[str, ServerTLSContext] = {}
         for index, service in enumerate(config.services):
             if service.cert is not None:
                 names = {f"dmz.service[{index}].cert": service.cert}
@@ -116,15 +124,13 @@ class DmzGateway(Service):
                     names[f"dmz.service[{index}].client-ca"] = service.client_ca
                 public[service.name] = tls_material(
                     names,
-                    lambda cert=service.cert, ca=service.client_ca: public_server_context(
-                        cert, ca, client_certificate_verifier() if ca else None
-                    ),
+                    partial(_public_context, service.cert, service.client_ca),
                 )
         cluster = None
         if config.cluster is not None:
-            is_member = lambda identity: self.node is not None and self.node.admits(  # noqa: E731
-                identity, lambda: set(self.config.backplane.connectors)
-            )
+            def is_member(identity: str) -> bool:
+                return self.node is not None and self.node.admits(identity, lambda: set(self.config.backplane.connectors))
+
             cluster = (
                 tls_material(files, lambda: cluster_server_context(backplane.cert, backplane.ca, is_member)),
                 tls_material(files, lambda: cluster_client_options(backplane.cert, backplane.ca, is_member)),
@@ -150,7 +156,7 @@ class DmzGateway(Service):
         self._started.addErrback(fatal, self.reactor, "shield-dmz could not start")
 
     @inlineCallbacks
-    def _listen_all(self):  # type: ignore[no-untyped-def]
+    def _listen_all(self):
         config = self.config
         if self.node is not None:
             yield self.node.start()
@@ -159,9 +165,11 @@ class DmzGateway(Service):
         if self.node is not None:
             yield self.node.settled()  # connectors link meanwhile: the backplane is up
         for uri, factory, what in self._frontplane_listeners():
-            port = yield tcp_server_endpoint(self.reactor, uri).listen(factory)
+            key = (uri.scheme, uri.host, uri.port)
+            delegate = self.port_factories[key] = PortFactory(factory)
+            port = yield tcp_server_endpoint(self.reactor, uri).listen(delegate)
             self.ports.append(port)
-            self.frontplane_ports[(uri.scheme, uri.host, uri.port)] = port
+            self.frontplane_ports[key] = port
             log.info("dmz {name}: {what} listening on {uri}", name=config.name, what=what, uri=str(uri))
         if config.admin is not None:
             self.admin_port = yield tcp_server_endpoint(self.reactor, config.admin).listen(
@@ -174,18 +182,18 @@ class DmzGateway(Service):
         )
 
     @inlineCallbacks
-    def _listen(self, listeners: list[tuple[Uri, Factory, str]]):  # type: ignore[no-untyped-def]
+    def _listen(self, listeners: list[tuple[Uri, IProtocolFactory, str]]):
         for uri, factory, what in listeners:
             port = yield tcp_server_endpoint(self.reactor, uri).listen(factory)
             self.ports.append(port)
             log.info("dmz {name}: {what} listening on {uri}", name=self.config.name, what=what, uri=str(uri))
 
-    def _frontplane_listeners(self) -> list[tuple[Uri, Factory, str]]:
+    def _frontplane_listeners(self) -> list[tuple[Uri, IProtocolFactory, str]]:
         """Group accepts by listener: WebSocket services on one host:port share a site."""
         websocket_routes: dict[tuple[str, str, int], list] = defaultdict(list)
         balancer_routes: dict[tuple[str, str, int], dict[str, tuple[BalancerFront, Uri]]] = defaultdict(dict)
-        tls_certs: dict[tuple[str, str, int], object] = {}
-        listeners: list[tuple[Uri, Factory, str]] = []
+        tls_certs: dict[tuple[str, str, int], ServerTLSContext] = {}
+        listeners: list[tuple[Uri, IProtocolFactory, str]] = []
         for service in self.config.services:
             if service.is_balancer:
                 listeners += self._balancer_listeners(service.name, balancer_routes, tls_certs)
@@ -200,27 +208,27 @@ class DmzGateway(Service):
                 elif uri.scheme == "tcp":
                     listeners.append((uri, PublicTcpFactory(front, "tcp"), f"service {service.name} (tcp)"))
                 else:
-                    factory = PublicTcpFactory(front, "tls")
-                    tls = TLSMemoryBIOFactory(self.public_tls[service.name], False, factory)
+                    tls = TLSMemoryBIOFactory(self.public_tls[service.name], False, PublicTcpFactory(front, "tls"))
                     listeners.append((uri, tls, f"service {service.name} (tls)"))
         for key in sorted(set(websocket_routes) | set(balancer_routes)):
             scheme, host, port = key
             routes = websocket_routes.get(key, [])
-            site: Factory | None = websocket_site(routes, self.gate) if routes else None
+            plain = websocket_site(routes, self.gate) if routes else None
             names = sorted({front.name for _, front, _ in routes})
+            site: IProtocolFactory | None = plain
             if key in balancer_routes:
                 names += sorted({front.name for front, _ in balancer_routes[key].values()})
-                site = BalancedHttpFactory(balancer_routes[key], site, self.gate)
+                site = BalancedHttpFactory(balancer_routes[key], plain, self.gate)
             assert site is not None
-            factory: Factory = site
+            factory: IProtocolFactory = site
             if scheme == "wss":
                 factory = TLSMemoryBIOFactory(tls_certs[key], False, site)
             listeners.append((Uri(scheme, host, port), factory, f"service {', '.join(names)} ({scheme})"))
         return listeners
 
-    def _balancer_listeners(self, name: str, routes: dict, tls_certs: dict) -> list[tuple[Uri, Factory, str]]:  # type: ignore[type-arg]
+    def _balancer_listeners(self, name: str, routes: dict, tls_certs: dict) -> list[tuple[Uri, IProtocolFactory, str]]:
         front = self.balancers[name]
-        listeners: list[tuple[Uri, Factory, str]] = []
+        listeners: list[tuple[Uri, IProtocolFactory, str]] = []
         for uri in front.config.accept:
             key = (uri.scheme, uri.host, uri.port)
             if uri.scheme in ("ws", "wss"):
@@ -228,7 +236,7 @@ class DmzGateway(Service):
                 if uri.scheme == "wss":
                     tls_certs[key] = self.public_tls[name]
                 continue
-            factory: Factory = BalancedTcpFactory(front, uri)
+            factory: IProtocolFactory = BalancedTcpFactory(front, uri)
             if uri.scheme == "tls":
                 factory = TLSMemoryBIOFactory(self.public_tls[name], False, factory)
             listeners.append((uri, factory, f"balancer {name} ({uri.scheme}, {front.config.mode})"))
@@ -287,7 +295,7 @@ class DmzGateway(Service):
         return self._drain()
 
     @inlineCallbacks
-    def _drain(self):  # type: ignore[no-untyped-def]
+    def _drain(self):
         self.draining = True
         if self.node is not None:
             # Peers must stop sending clients here before the doors close.
@@ -418,28 +426,29 @@ class DmzGateway(Service):
         for key in list(self.frontplane_ports):
             if key not in plan:
                 port = self.frontplane_ports.pop(key)
+                self.port_factories.pop(key, None)
                 self.ports.remove(port)
                 port.stopListening()
                 log.info("dmz {name}: stopped listening on {scheme}://{host}:{port}", name=self.config.name, scheme=key[0], host=key[1], port=key[2])
         for key, (uri, factory, what) in plan.items():
-            port = self.frontplane_ports.get(key)
-            if port is not None:
-                factory.doStart()
-                port.factory.doStop()  # type: ignore[attr-defined]
-                port.factory = factory  # type: ignore[attr-defined]
+            kept = self.port_factories.get(key)
+            if kept is not None:
+                kept.swap(factory)
                 continue
             self._open(key, uri, factory, what)
 
-    def _open(self, key: tuple[str, str, int], uri: Uri, factory: Factory, what: str) -> None:
+    def _open(self, key: tuple[str, str, int], uri: Uri, factory: IProtocolFactory, what: str) -> None:
         def listening(port: IListeningPort) -> None:
             self.ports.append(port)
             self.frontplane_ports[key] = port
             log.info("dmz {name}: {what} listening on {uri}", name=self.config.name, what=what, uri=str(uri))
 
         def failed(failure: object) -> None:
+            self.port_factories.pop(key, None)
             log.error("dmz {name}: cannot listen on {uri}: {why}", name=self.config.name, uri=str(uri), why=getattr(failure, "getErrorMessage", str)())
 
-        tcp_server_endpoint(self.reactor, uri).listen(factory).addCallbacks(listening, failed)
+        delegate = self.port_factories[key] = PortFactory(factory)
+        tcp_server_endpoint(self.reactor, uri).listen(delegate).addCallbacks(listening, failed)
 
     # -- state for ops --------------------------------------------------------------------------
 
@@ -478,9 +487,39 @@ class DmzGateway(Service):
 
 @dataclass(frozen=True)
 class _TLSMaterial:
-    backplane: object
-    public: dict[str, object]
-    cluster: tuple[object, object] | None
+    backplane: ServerTLSContext
+    public: dict[str, ServerTLSContext]
+    cluster: tuple[ServerTLSContext, MemberConnectionCreator] | None
+
+
+class PortFactory(Factory):
+    """What a public port listens with, for the life of its socket: a reload gives it the new
+    configuration's factory (``swap``), so the port keeps its socket and no client is refused
+    while the configuration changes hands; connections made before keep their protocols."""
+
+    noisy = False
+
+    def __init__(self, current: IProtocolFactory) -> None:
+        self.current = current
+
+    def swap(self, new: IProtocolFactory) -> None:
+        new.doStart()
+        old, self.current = self.current, new
+        old.doStop()
+
+    def buildProtocol(self, addr: IAddress | None) -> IProtocol | None:  # type: ignore[override]  # whatever the delegate makes
+        assert addr is not None, "a listening port names the peer"
+        return self.current.buildProtocol(addr)
+
+    def startFactory(self) -> None:
+        self.current.doStart()
+
+    def stopFactory(self) -> None:
+        self.current.doStop()
+
+
+def _public_context(cert: Path, client_ca: Path | None) -> ServerTLSContext:
+    return public_server_context(cert, client_ca, client_certificate_verifier() if client_ca else None)
 
 
 def _restart_only_changes(old: DmzConfig, new: DmzConfig) -> list[str]:

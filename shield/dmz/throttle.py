@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer, IReactorTime
 from zope.interface import implementer
 
 from shield.relay import Side
@@ -51,7 +51,8 @@ class _GatedConsumer:
     def __init__(self, side: "PacedSide") -> None:
         self.side = side
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        assert IPushProducer.providedBy(producer), "the relay registers push producers only"
         self.side.gate = GatedProducer(producer)
         self.side.inner.consumer.registerProducer(self.side.gate, streaming)
 
@@ -82,7 +83,7 @@ class PacedSide:
 
     @property
     def consumer(self) -> IConsumer:
-        return self._consumer  # type: ignore[return-value]
+        return self._consumer
 
     def send(self, data: bytes) -> None:
         self.inner.send(data)

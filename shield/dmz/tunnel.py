@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from twisted.internet import error
+from twisted.internet.protocol import connectionDone
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
@@ -119,7 +119,7 @@ class TunnelStream(RelayedProtocol):
 
     # -- relaying --------------------------------------------------------------------------------
 
-    def start_relay(self, public: Side, to_backend, to_client, on_finished) -> Relay:  # type: ignore[no-untyped-def]
+    def start_relay(self, public: Side, to_backend, to_client, on_finished) -> Relay:
         """Join this stream to the public client's side; bytes held so far go out first."""
         return self.join(lambda side: Relay(public, side, to_backend, to_client, on_finished))
 
@@ -135,7 +135,7 @@ class TunnelStream(RelayedProtocol):
     def describe_loss(self, reason: Failure) -> str:
         return _link_reason(reason)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.link.tunnels -= 1
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -265,7 +265,7 @@ class _Opening:
             self.skipped.append(failure.getErrorMessage())
             self._attempt()
         elif failure.check(OpenFailed):
-            problem: OpenFailed = failure.value  # type: ignore[assignment]
+            problem: OpenFailed = failure.value
             if problem.label in TRY_ANOTHER_CONNECTOR:
                 self.failures[self.tried[-1].connector] = problem
                 self._attempt()

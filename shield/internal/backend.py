@@ -16,13 +16,13 @@ unknown OPENs) and logged, but a burst of them gives one log line per second per
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorCore, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -34,6 +34,7 @@ from shield.mux.budget import BufferBudget
 from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
 from shield.relay import Relay, RelayedProtocol
 from shield.tls.contexts import backend_client_options
+from shield.transports import IGatewayReactor
 
 log = Logger(namespace="shield.internal.backend")
 
@@ -342,7 +343,7 @@ class BackendStream(RelayedProtocol):
         self._answer(OpenReply(status, PUBLIC_REASONS[status].format(service=name)))
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
         self._release()
         if self._dialing is not None:
@@ -358,7 +359,7 @@ class BackendDialer:
         self,
         services: tuple[InternalService, ...],
         metrics: Metrics,
-        reactor: IReactorCore,
+        reactor: IGatewayReactor,
         observe: Callable[[str, bool, str], None] | None = None,
     ) -> None:
         self.services = {service.name: service for service in services}
@@ -374,10 +375,14 @@ class BackendDialer:
             endpoint = wrapClientTLS(options, endpoint)
         factory = Factory.forProtocol(BackendConnection)
         factory.noisy = False
-        connecting = endpoint.connect(factory)
+        connecting = cast("Deferred[BackendConnection]", endpoint.connect(factory))
         # A hard deadline on top of the endpoint's: TLS handshakes and name lookups count too.
         deadline: list[bool] = []
-        timer = self.reactor.callLater(service.connect_timeout, lambda: (deadline.append(True), connecting.cancel()))
+        def expire() -> None:
+            deadline.append(True)
+            connecting.cancel()
+
+        timer = self.reactor.callLater(service.connect_timeout, expire)
 
         def done(result: object) -> object:
             if timer.active():
@@ -421,11 +426,11 @@ class BackendStreamFactory(Factory):
     ) -> None:
         self.dialer = dialer
         self.link_peer = link_peer
-        clock = clock if clock is not None else dialer.reactor  # type: ignore[assignment]
-        self.refusals = RefusalLog(clock, link_peer, log_interval)  # type: ignore[arg-type]
-        self.limits = OpenLimits(max_pending_opens, dialer.metrics, self.refusals, clock, header_timeout, budget)  # type: ignore[arg-type]
+        clock = clock if clock is not None else dialer.reactor
+        self.refusals = RefusalLog(clock, link_peer, log_interval)
+        self.limits = OpenLimits(max_pending_opens, dialer.metrics, self.refusals, clock, header_timeout, budget)
 
-    def buildProtocol(self, addr: IAddress) -> BackendStream:
+    def buildProtocol(self, addr: IAddress | None) -> BackendStream:
         return BackendStream(self.dialer, self.link_peer(), self.limits)
 
     def stream_rejected(self, stream_id: int, reason: str, limit_reached: bool) -> None:

@@ -7,13 +7,15 @@ gone has its slots drained (GoAway: open tunnels finish, no new ones land there)
 
 from __future__ import annotations
 
+from functools import partial
+
 import signal
 
 from typing import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
-from twisted.internet.interfaces import IListeningPort, IReactorCore
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from shield.config.model import InternalConfig, Uri
@@ -34,6 +36,7 @@ from shield.config.env import configured_by_environment, internal_config_from_en
 from shield.config.loader import load_internal_config
 from shield.tls.contexts import ReloadableClientTLS, backend_client_options, backplane_client_options
 from shield.tls.identity import certificate_identity
+from shield.transports import IGatewayReactor
 
 log = Logger(namespace="shield.internal")
 
@@ -44,7 +47,7 @@ class InternalGateway(Service):
     def __init__(
         self,
         config: InternalConfig,
-        reactor: IReactorCore,
+        reactor: IGatewayReactor,
         resolver: Callable[[Uri], Deferred[list[str]]] = resolve,
     ) -> None:
         self.config = config
@@ -81,7 +84,7 @@ class InternalGateway(Service):
         self._started.addErrback(fatal, self.reactor, "shield-internal could not start")
 
     @inlineCallbacks
-    def _start(self):  # type: ignore[no-untyped-def]
+    def _start(self):
         config = self.config
         if config.admin is not None:
             self.admin_port = yield tcp_server_endpoint(self.reactor, config.admin).listen(
@@ -109,10 +112,10 @@ class InternalGateway(Service):
         literal = is_ipv4(uri.host) or is_ipv6(uri.host)
         discovery = Discovery(
             uri.host,
-            lambda uri=uri: self.resolver(uri),
+            partial(self.resolver, uri),
             self.reactor,
             0.0 if literal else self.config.backplane.resolve_interval,
-            lambda change, uri=uri: self._addresses_changed(uri, change),
+            partial(self._addresses_changed, uri),
             where=f"connector {self.config.name}: connect {uri}",
         )
         self.discoveries[uri] = discovery
@@ -260,7 +263,11 @@ class InternalGateway(Service):
         """GoAway on the links of a removed endpoint: open tunnels finish, no new ones land there."""
         for slot in endpoint.slots:
             self.retiring.add(slot)
-            slot.drain().addBoth(lambda _, slot=slot: self.retiring.discard(slot))
+            slot.drain().addBoth(self._retired, slot)
+
+    def _retired(self, result: object, slot: LinkSlot) -> None:
+        """A retired slot has drained (or failed to: either way it is gone)."""
+        self.retiring.discard(slot)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -271,7 +278,7 @@ class InternalGateway(Service):
         return self._drain()
 
     @inlineCallbacks
-    def _drain(self):  # type: ignore[no-untyped-def]
+    def _drain(self):
         log.info("connector {name}: draining: GoAway on {n} links", name=self.config.name, n=len(self.slots))
         closing = DeferredList([slot.drain() for slot in self.slots], consumeErrors=True)
         timer = self.reactor.callLater(self.config.grace_period, self._grace_over)
@@ -335,6 +342,6 @@ def _tls_material(config: InternalConfig) -> object:
         if service.connect.scheme == "tls":
             tls_material(
                 {f"internal.service[{index}].ca": service.ca} if service.ca else {},
-                lambda service=service: backend_client_options(service.server_name or service.connect.host, service.ca),
+                partial(backend_client_options, service.server_name or service.connect.host, service.ca),
             )
     return options

@@ -33,8 +33,8 @@ from typing import Protocol as TypingProtocol
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener, IReactorCore, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,6 +45,8 @@ from zope.interface import implementer
 from shield.config.model import InternalService
 from shield.net import stream_client_endpoint
 from shield.tls.contexts import backend_client_options, describe_tls_failure
+from shield.transports import IStreamTransport
+from shield.transports import IGatewayReactor
 
 log = Logger(namespace="shield.internal.health")
 
@@ -116,6 +118,8 @@ def describe(failure: Failure) -> str:
 class _Hangup(Protocol):
     """Closes as soon as connected (a connect check): the backend sees an empty connection."""
 
+    transport: IStreamTransport  # connected before any event reaches the protocol
+
     def connectionMade(self) -> None:
         self.transport.loseConnection()
 
@@ -138,7 +142,7 @@ class BackendMonitor:
     def __init__(
         self,
         service: InternalService,
-        reactor: IReactorCore,
+        reactor: IGatewayReactor,
         changed: Callable[[InternalService, Transition], None],
     ) -> None:
         self.service = service
@@ -211,7 +215,7 @@ class BackendMonitor:
         return endpoint
 
     @inlineCallbacks
-    def _run_check(self):  # type: ignore[no-untyped-def]
+    def _run_check(self):
         service = self.service
         kind = service.health_check
         if kind == "connect":
@@ -245,6 +249,8 @@ def _quiet(factory: Factory) -> Factory:
 class _Handshaker(Protocol):
     """A tls check: done once the handshake (and the backend's certificate) succeeded."""
 
+    transport: IStreamTransport  # connected before any event reaches the protocol
+
     def __init__(self, done: Deferred[None]) -> None:
         self.done = done
 
@@ -253,7 +259,7 @@ class _Handshaker(Protocol):
             self.done.callback(None)
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:
             self.done.errback(CheckFailed(describe_tls_failure(reason)))
 
@@ -262,7 +268,7 @@ class _Discard(Protocol):
     def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass
 
 
@@ -277,7 +283,7 @@ class HealthBoard:
     def __init__(
         self,
         services: tuple[InternalService, ...],
-        reactor: IReactorCore,
+        reactor: IGatewayReactor,
         metrics: "HealthMetrics",
         offers_changed: Callable[[], None],
     ) -> None:

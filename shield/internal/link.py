@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from twisted.internet import error
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -24,6 +23,7 @@ from shield.mux.events import Event, StreamRejected
 from shield.mux.protocol import MuxProtocol
 from shield.mux.stream import MuxStream
 from shield.net import set_no_delay
+from shield.transports import IStreamTransport
 
 if TYPE_CHECKING:
     from shield.internal.pool import LinkSlot
@@ -114,14 +114,14 @@ class ConnectorLinkProtocol(MuxProtocol):
             return
         super()._dispatch(event)
 
-    def go_away(self):  # type: ignore[no-untyped-def]
+    def go_away(self):
         """Drain: close the control stream too, so the link closes when the last tunnel ends."""
         closed = super().go_away()
         if self.control is not None:
             self.control.loseConnection()
         return closed
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         terminated = self.session.terminated
         super().connectionLost(reason)
         factory = self.stream_factory
@@ -135,6 +135,8 @@ class ConnectorLinkProtocol(MuxProtocol):
 
 class ControlClient(Protocol):
     """The connector end of the control stream: sends ANNOUNCE, reads ANNOUNCE_REPLY."""
+
+    transport: IStreamTransport  # connected before any event reaches the protocol
 
     def __init__(self, link: ConnectorLinkProtocol, announce: Announce) -> None:
         self.link = link

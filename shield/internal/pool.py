@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IDelayedCall, IReactorCore, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from shield.net import is_ipv6
 from shield.tls.transport import LinkTLSEndpoint
+from shield.transports import IGatewayReactor
 
 if TYPE_CHECKING:
     from shield.internal.gateway import InternalGateway
@@ -165,10 +166,12 @@ class Endpoint:
         return sum(1 for slot in self.slots if slot.link is not None)
 
 
-def endpoint_for(reactor: IReactorCore, address: str, port: int, tls_options: object) -> IStreamClientEndpoint:
+def endpoint_for(
+    reactor: IGatewayReactor, address: str, port: int, tls_options: IOpenSSLClientConnectionCreator
+) -> IStreamClientEndpoint:
     plain_class = TCP6ClientEndpoint if is_ipv6(address) else TCP4ClientEndpoint
     plain = plain_class(reactor, address, port, timeout=CONNECT_TIMEOUT)
-    return LinkTLSEndpoint(tls_options, plain)  # type: ignore[arg-type]
+    return LinkTLSEndpoint(tls_options, plain)
 
 
 def endpoint_label(address: str, port: int) -> str:

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Union
+from typing import Union, cast
 
 from shield.names import NAME_PATTERN, NAME_RULE
 
@@ -138,7 +138,7 @@ def _check_name(kind: str, value: object) -> None:
         )
 
 
-def _check_tuple(field: str, value: object) -> tuple:
+def _check_tuple(field: str, value: object) -> tuple[object, ...]:
     if not isinstance(value, tuple):
         raise WireError(f"field '{field}' must be a tuple, not {type(value).__name__}")
     return value
@@ -148,7 +148,7 @@ def _check_pairs(field: str, value: object) -> tuple[tuple[object, object], ...]
     for item in _check_tuple(field, value):
         if not (isinstance(item, tuple) and len(item) == 2):
             raise WireError(f"field '{field}' must hold (str, str) pairs, got {item!r}")
-    return value  # type: ignore[return-value]
+    return cast("tuple[tuple[object, object], ...]", value)
 
 
 def _check_unique(kind: str, names: Sequence[str]) -> None:

@@ -46,6 +46,7 @@ from shield.mux.events import (
 from shield.mux.frames import GoAwayCode
 from shield.mux.session import Session
 from shield.mux.stream import MuxStream, MuxStreamAddress
+from shield.transports import IStreamTransport
 
 #: Payload framed by one flush at most (see ``MuxProtocol._flush``).
 FLUSH_LIMIT = 256 * 1024
@@ -64,7 +65,7 @@ class _Pending(TypingProtocol):
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
-    return reactor  # type: ignore[return-value]
+    return reactor
 
 
 @implementer(IPushProducer)
@@ -77,6 +78,7 @@ class MuxProtocol(Protocol):
     """
 
     log = Logger()
+    transport: IStreamTransport  # connected before any event reaches the protocol (shield.transports)
 
     def __init__(
         self,
@@ -496,7 +498,7 @@ class MuxFactory(Factory):
         self.clock = clock
         self.budget = budget
 
-    def buildProtocol(self, addr: IAddress) -> MuxProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> MuxProtocol:
         protocol = MuxProtocol(self.client, self.config, self.stream_factory, self.clock, self.budget)
         protocol.factory = self
         return protocol

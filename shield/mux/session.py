@@ -374,7 +374,7 @@ class Session:
                     stream = self._payload_stream
                     if stream is not None:
                         chunk = buf if (n == end and not buffered) else bytes(buf[pos : pos + n])
-                        events.append(DataReceived(stream.stream_id, chunk))  # type: ignore[arg-type]
+                        events.append(DataReceived(stream.stream_id, chunk))  # type: ignore[arg-type]  # a memoryview of the read buffer when the whole read is one frame: no copy
                     pos += n
                     self._payload_left -= n
                     if self._payload_left:
@@ -399,7 +399,7 @@ class Session:
                         # The whole payload is here (the common case): no payload state.
                         if stream is not None:
                             chunk = bytes(buf[pos : pos + length]) if (pos or buffered or length != end) else buf
-                            events.append(DataReceived(stream_id, chunk))  # type: ignore[arg-type]
+                            events.append(DataReceived(stream_id, chunk))  # type: ignore[arg-type]  # as above
                         pos += length
                         if flags:
                             self._apply_close_flags(stream, flags, events)
@@ -610,9 +610,12 @@ def _go_away_code(code: int) -> GoAwayCode | int:
         return code
 
 
+_CODE_TEXT: dict[int, str] = {
+    GoAwayCode.NORMAL: "normal",
+    GoAwayCode.PROTOCOL_ERROR: "protocol error",
+    GoAwayCode.INTERNAL_ERROR: "internal error",
+}
+
+
 def _describe_code(code: int) -> str:
-    return {
-        GoAwayCode.NORMAL: "normal",
-        GoAwayCode.PROTOCOL_ERROR: "protocol error",
-        GoAwayCode.INTERNAL_ERROR: "internal error",
-    }.get(code, f"unknown go-away code {code}")
+    return _CODE_TEXT.get(code, f"unknown go-away code {code}")

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
 from twisted.internet import error
 from twisted.internet.interfaces import (
@@ -36,6 +37,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProducer,
     IProtocol,
+    IPullProducer,
     IPushProducer,
     ITransport,
 )
@@ -67,7 +69,7 @@ class StreamHost(Protocol):
 
     def stream_finished(self, stream: "MuxStream") -> None: ...
 
-    def call_later(self, delay: float, f: object, *args: object) -> IDelayedCall: ...
+    def call_later(self, delay: float, f: Callable[..., Any], *args: object) -> IDelayedCall: ...
 
     def now(self) -> float: ...
 
@@ -92,7 +94,7 @@ class MuxStream:
         self._fin_requested = False
         self._fin_sent = False
         self._write_closed = False  # loseWriteConnection was called
-        self._producer: IProducer | None = None
+        self._producer: IPushProducer | IPullProducer | None = None
         self._streaming = False
         self._producer_paused = False
         # inbound
@@ -132,7 +134,7 @@ class MuxStream:
         if self._pending_size > self._high_water:
             self._pause_producer()
 
-    def writeSequence(self, data: list[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
@@ -202,13 +204,14 @@ class MuxStream:
         if self._finished:
             producer.stopProducing()
             return
-        self._producer = producer
+        # IConsumer's contract: streaming means an IPushProducer, otherwise an IPullProducer.
+        self._producer = cast("IPushProducer | IPullProducer", producer)
         self._streaming = streaming
         self._producer_paused = False
         if self._pending_size > self._high_water:
             self._pause_producer()
         elif not streaming:
-            producer.resumeProducing()  # type: ignore[attr-defined]
+            self._producer.resumeProducing()
 
     def unregisterProducer(self) -> None:
         self._producer = None
@@ -268,7 +271,7 @@ class MuxStream:
             if session.end_stream(self.stream_id):
                 self._core_closed = True
             if not self.disconnecting and IHalfCloseableProtocol.providedBy(self.protocol):
-                self.protocol.writeConnectionLost()  # type: ignore[union-attr]
+                self.protocol.writeConnectionLost()
             if self.disconnecting and not self._core_closed:
                 self._close_timer = self._host.call_later(self._close_timeout, self._close_timed_out)
             self._maybe_finish()
@@ -354,7 +357,7 @@ class MuxStream:
             if self._discarding:
                 pass  # loseConnection was called: the protocol wants nothing more
             elif IHalfCloseableProtocol.providedBy(self.protocol):
-                self.protocol.readConnectionLost()  # type: ignore[union-attr]
+                self.protocol.readConnectionLost()
             else:
                 # Like TCP for a protocol that cannot half-close: the peer's EOF closes us too.
                 self.loseConnection()
@@ -383,7 +386,7 @@ class MuxStream:
     def _pause_producer(self) -> None:
         if self._producer is not None and self._streaming and not self._producer_paused:
             self._producer_paused = True
-            self._producer.pauseProducing()  # type: ignore[attr-defined]
+            self._producer.pauseProducing()  # type: ignore[union-attr]  # streaming: a push producer
 
     def _resume_producer_if_drained(self) -> None:
         producer = self._producer
@@ -392,9 +395,9 @@ class MuxStream:
         if self._streaming:
             if self._producer_paused and not self._pending_size:
                 self._producer_paused = False
-                producer.resumeProducing()  # type: ignore[attr-defined]
+                producer.resumeProducing()
         elif not self._pending_size:
-            producer.resumeProducing()  # type: ignore[attr-defined]
+            producer.resumeProducing()
 
     def _finish(self, reason: Failure) -> None:
         if self._finished:

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from shield.transports import IStreamTransport
 
 log = Logger(namespace="shield.ops.admin")
 
@@ -37,19 +38,22 @@ class _Text(Resource):
 class _AdminChannel(HTTPChannel):
     """An admin connection: a bad request is closed with one log line (HTTPChannel says nothing)."""
 
+    transport: IStreamTransport  # connected before any event reaches the protocol
+
     def _bad(self, why: str) -> None:
         peer = self.transport.getPeer()
         log.warn("admin client {host}:{port}: {why}; closed (400)", host=getattr(peer, "host", "?"), port=getattr(peer, "port", "?"), why=why)
 
     def lineLengthExceeded(self, line: bytes) -> object:
         # Called again for every read of a long line until the socket closes: answer once.
-        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]  # after the 400, whatever else arrives is dropped
         if getattr(self, "_answered_bad", False):
             return None
         self._answered_bad = True
         self._bad(f"request or header line over {self.MAX_LENGTH} bytes")
         self.transport.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
-        return self.transport.loseConnection()
+        self.transport.loseConnection()
+        return None
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         self._bad("malformed or oversized request head")
@@ -77,7 +81,8 @@ def admin_site(readiness: ReadinessCheck, registry: object) -> Site:
     root.putChild(b"readyz", _Text(readyz))
     root.putChild(b"metrics", MetricsResource(registry=registry))
     site = Site(root, timeout=ADMIN_TIMEOUT)
-    site.protocol = _AdminChannel
+    # Twisted types Site.protocol as its HTTP/1-or-2 wrapper; buildProtocol only calls it.
+    site.protocol = _AdminChannel  # type: ignore[method-assign, assignment]  # see the line above
     site.noisy = False
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]  # probes every second: no access log

@@ -8,11 +8,12 @@ import sys
 from typing import Callable, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from shield.mux.protocol import MuxProtocol
+from shield.transports import IGatewayReactor
 
 
 def drain_links(
@@ -53,17 +54,17 @@ def drain_links(
     return done
 
 
-def exit_cleanly_after_drain(reactor: IReactorCore) -> None:
+def exit_cleanly_after_drain(reactor: IGatewayReactor) -> None:
     """A completed SIGTERM drain exits with status 0.
 
     twistd normally re-raises the signal that stopped it once the reactor is done, so the
     process would end "killed by SIGTERM"; after a graceful drain that is not what happened.
     """
     if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
-        reactor._exitSignal = None  # type: ignore[attr-defined]
+        reactor._exitSignal = None  # type: ignore[attr-defined]  # Twisted's private record of the signal; see the comment above
 
 
-def fatal(failure: Failure, reactor: IReactorCore, what: str) -> None:
+def fatal(failure: Failure, reactor: IGatewayReactor, what: str) -> None:
     """Log why the gateway cannot run and exit with status 1 once the reactor has stopped."""
     log = Logger(namespace="shield")
     log.critical("{what}: {reason}", what=what, reason=failure.getErrorMessage() or failure.type.__name__)

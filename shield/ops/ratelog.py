@@ -21,7 +21,7 @@ class RateLimitedLog:
         self.log = log
         self.clock = clock
         #: Keys inside their quiet second -> [lines not written, the last of them].
-        self._quiet: dict[Hashable, list] = {}  # type: ignore[type-arg]
+        self._quiet: dict[Hashable, list] = {}
 
     def warn(self, key: Hashable, line: str) -> None:
         held = self._quiet.get(key)

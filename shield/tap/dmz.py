@@ -8,7 +8,7 @@ from shield import reactor as shield_reactor
 
 shield_reactor.install()  # before anything imports twisted.internet.reactor
 
-from twisted.internet import reactor  # noqa: E402
+from shield.transports import the_reactor  # noqa: E402
 
 from shield.config.loader import load_dmz_config
 from shield.tap.common import GatewayOptions, build_or_exit
@@ -23,4 +23,4 @@ class Options(GatewayOptions):
 def makeService(options: Options) -> IService:
     from shield.dmz.gateway import DmzGateway
 
-    return build_or_exit(options["config"], lambda: DmzGateway(options["loaded"], reactor))
+    return build_or_exit(options["config"], lambda: DmzGateway(options["loaded"], the_reactor()))

@@ -9,7 +9,7 @@ from shield import reactor as shield_reactor
 
 shield_reactor.install()  # before anything imports twisted.internet.reactor
 
-from twisted.internet import reactor  # noqa: E402
+from shield.transports import the_reactor  # noqa: E402
 
 from shield.config.env import configured_by_environment, internal_config_from_environment
 from shield.config.errors import ConfigError
@@ -41,4 +41,4 @@ class Options(GatewayOptions):
 def makeService(options: Options) -> IService:
     from shield.internal.gateway import InternalGateway
 
-    return build_or_exit(options["config"], lambda: InternalGateway(options["loaded"], reactor))
+    return build_or_exit(options["config"], lambda: InternalGateway(options["loaded"], the_reactor()))

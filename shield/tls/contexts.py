@@ -20,11 +20,11 @@ import re
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns
@@ -118,7 +118,11 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
     return certs
 
 
-def load_bundle(path: Path) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
+#: The private keys OpenSSL can use for a TLS certificate.
+UsableKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey]
+
+
+def load_bundle(path: Path) -> tuple[list[x509.Certificate], UsableKey]:
     """A gateway's own identity: certificate, its chain, and the unencrypted key that matches it."""
     certs = load_certificates(path)
     try:
@@ -127,6 +131,8 @@ def load_bundle(path: Path) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
         raise TLSConfigError(f"{path}: the private key is encrypted; shield needs it unencrypted") from e
     except ValueError as e:
         raise TLSConfigError(f"{path}: no usable PEM private key found ({e})") from e
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey)):
+        raise TLSConfigError(f"{path}: a {type(key).__name__} cannot sign TLS handshakes (use an EC, RSA or Ed25519 key)")
     if key.public_key() != certs[0].public_key():
         raise TLSConfigError(f"{path}: the private key does not match the first certificate")
     return certs, key
@@ -502,7 +508,7 @@ def _client_options(
         certs, key = load_bundle(cert)
         client_certificate = PrivateCertificate.fromCertificateAndKeyPair(
             Certificate(crypto.X509.from_cryptography(certs[0])),
-            KeyPair(crypto.PKey.from_cryptography_key(key)),  # type: ignore[arg-type]
+            KeyPair(crypto.PKey.from_cryptography_key(key)),
         )
         chain = _chain_to_send(certs)
         if chain:

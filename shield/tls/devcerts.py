@@ -181,7 +181,7 @@ def issue_certificate(
 def _subject_alt_names(name: str, role: Role, alt_names: Sequence[str] = ()) -> list[x509.GeneralName]:
     """DMZ certificates also name localhost and the loopback addresses, for one-machine setups."""
     if role == "client":
-        return [x509.DNSName(name)] + [x509.DNSName(alt) for alt in alt_names if alt != name]
+        return [x509.DNSName(value) for value in (name, *(alt for alt in alt_names if alt != name))]
     names: list[x509.GeneralName] = [x509.DNSName(name)]
     names += [x509.DNSName(alt) for alt in dict.fromkeys(alt_names) if alt not in (name, "localhost")]
     if name != "localhost":

@@ -24,6 +24,8 @@ behaviour they rely on.
 
 from __future__ import annotations
 
+from typing import Any
+
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol, IProtocolFactory, IStreamClientEndpoint
@@ -31,6 +33,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from shield.transports import IStreamTransport
 
 #: The most plaintext one TLS record carries.
 RECORD_PLAINTEXT = 16384
@@ -82,6 +86,8 @@ class RecordCounter:
 class LinkTLSProtocol(TLSMemoryBIOProtocol):
     """TLS for a mux link: writes go out whole, reads are parsed once per socket read."""
 
+    transport: IStreamTransport  # the TCP connection, there before any event
+
     def __init__(self, factory: TLSMemoryBIOFactory, wrappedProtocol: IProtocol, _connectWrapped: bool = True) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)
         self._records = RecordCounter()
@@ -99,7 +105,7 @@ class LinkTLSProtocol(TLSMemoryBIOProtocol):
         try:
             super().dataReceived(data)
         finally:
-            self.wrappedProtocol.end_batch()
+            getattr(self.wrappedProtocol, "end_batch")()
 
     def _flushReceiveBIO(self) -> None:
         """Twisted's loop, asking OpenSSL only as often as complete records arrived."""
@@ -183,4 +189,7 @@ class LinkTLSEndpoint:
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         tls = LinkTLSFactory(self._options, True, factory)
         connecting = self._wrapped.connect(tls)
-        return connecting.addCallback(lambda protocol: protocol.wrappedProtocol)
+        def unwrap(protocol: Any) -> IProtocol:
+            return protocol.wrappedProtocol
+
+        return connecting.addCallback(unwrap)
