@@ -238,7 +238,7 @@ class ControlStream(Protocol):
                 announce, data = self._reader.feed(data)
             except WireError as problem:
                 log.warn("link from {peer}: bad announcement: {problem}", peer=self.link.peer, problem=problem)
-                self.link.transport.loseConnection()
+                self.link.close("bad announcement")  # (not loseConnection: TLS would wait for the mux)
                 return
             if announce is None:
                 return
@@ -248,7 +248,7 @@ class ControlStream(Protocol):
             reply = self.link.announced(announce) if first else self.link.announced_again(announce)
             self.transport.write(encode(reply))
             if not reply.accepted:
-                self.link.transport.loseConnection()
+                self.link.close("announcement refused")  # the reply goes out first
                 return
 
 

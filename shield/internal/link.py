@@ -92,7 +92,7 @@ class ConnectorLinkProtocol(MuxProtocol):
                 "link to {endpoint}: DMZ {dmz!r} refused this connector: {message}",
                 endpoint=self.slot.endpoint, dmz=reply.dmz_name, message=reply.message,
             )
-            self.transport.loseConnection()
+            self.close("refused by the DMZ")
             return
         again, self.accepted = self.accepted, True
         self.services = reply.services
