@@ -1,0 +1,459 @@
+"""A DMZ gateway's runtime in memory, shared by the ``test_*_inprocess.py`` files of tests/dmz.
+
+No sockets, no subprocesses, one fake clock:
+
+- A connector is the real ``ConnectorLinkProtocol`` (shield/internal/link.py) with a fake pool
+  slot; its backend dialer hands out in-memory backends (``Pipe``) or refuses, or holds the dial.
+- The DMZ side of each link is the real ``DmzLinkProtocol`` built by ``BackplaneFactory``; the two
+  are joined by ``twisted.test.iosim``. TLS is left out: the DMZ's transport answers
+  ``getPeerCertificate`` with a certificate naming the connector (what the TLS layer would give),
+  and the test calls ``handshakeCompleted`` on both sides as the TLS layer would.
+- ``Pipe`` stands for a socket (a public client or a backend): a StringTransport with a bounded
+  send buffer that pauses its registered producer when full, half-close, and a loss the world
+  delivers on the next turn, as a reactor would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from shield.config.model import (
+    ClientLimits,
+    DmzBackplane,
+    DmzConfig,
+    DmzService,
+    InternalService,
+    KeepaliveSettings,
+    Uri,
+)
+from shield.dmz.backplane import BackplaneFactory, DmzLinkProtocol
+from shield.dmz.links import ConnectorLink, LinkRegistry
+from shield.dmz.tunnel import OpenFailed, TunnelOpener, TunnelStream
+from shield.internal.backend import BackendConnection, BackendDialer
+from shield.internal.link import ConnectorLinkProtocol
+from shield.mux.config import MuxConfig
+from shield.ops.metrics import Metrics
+from shield.tls.transport import LinkTLSFactory
+
+DMZ_NAME = "dmz1"
+DMZ_ADDRESS = IPv4Address("TCP", "192.0.2.1", 5941)
+
+
+# --- certificates: what the TLS layer would hand the DMZ ---------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def certificate(identity: str) -> x509.Certificate:
+    """A self-signed certificate whose subject CN is ``identity`` (the DMZ reads only that)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
+class TcpTransport(iosim.FakeTransport):
+    """iosim's transport with TCP's close: what was written before or just after ``loseConnection``
+    (in the same turn, as the mux's end-of-turn flush does) still goes out, then the FIN; an abort
+    drops what is unsent. (iosim's own transport drops every write after ``loseConnection``.)"""
+
+    aborted = False
+
+    def write(self, data: bytes) -> None:
+        if self.disconnected or self.aborted:
+            return
+        self.stream.append(data)
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.stream = []
+        self.disconnecting = True
+
+
+class CertifiedTransport(TcpTransport):
+    """An in-memory transport whose peer presented a certificate naming ``identity`` (or none)."""
+
+    def __init__(self, protocol: IProtocol, is_server: bool, identity: str | None, host: Any = None, peer: Any = None) -> None:
+        super().__init__(protocol, is_server, host, peer)
+        self.identity = identity
+
+    def getPeerCertificate(self) -> x509.Certificate | None:
+        return certificate(self.identity) if self.identity is not None else None
+
+
+# --- sockets in memory -------------------------------------------------------------------------
+
+
+class Pipe(StringTransport):
+    """A socket in memory: what is written waits in a send buffer of ``limit`` bytes.
+
+    Like a Twisted socket transport, it pauses its registered streaming producer when the buffer
+    is full and resumes it once ``read`` has emptied the buffer. ``producerState`` says whether
+    the reactor would read from this socket (``feed`` refuses to deliver while it is paused).
+    ``loseConnection`` and ``abortConnection`` end the connection on the next ``settle``.
+    """
+
+    def __init__(self, peer: IPv4Address | None = None, limit: int | None = None) -> None:
+        super().__init__(peerAddress=peer, lenient=True)
+        self.protocol: IProtocol | None = None
+        self.limit = limit
+        self.sent = bytearray()  # everything written, for the test to read
+        self._unread = 0  # of which still in the send buffer
+        self._paused_producer = False
+        self.write_closed = False
+        self.aborted = False
+        self.lost = False
+
+    def connect(self, protocol: IProtocol) -> IProtocol:
+        self.protocol = protocol
+        protocol.makeConnection(self)
+        return protocol
+
+    # ITransport
+    def write(self, data: bytes) -> None:
+        if self.disconnecting or self.write_closed:
+            return
+        super().write(data)
+        self.sent += data
+        self._unread += len(data)
+        if (
+            self.limit is not None and self._unread >= self.limit and self.producer is not None
+            and self.streaming and not self._paused_producer
+        ):  # fmt: skip
+            self._paused_producer = True
+            self.producer.pauseProducing()
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.disconnecting = True
+
+    def unregisterProducer(self) -> None:
+        # Twisted's socket transports allow this twice (the relay and TLS may both let go).
+        self.producer = None
+        self.streaming = None
+        self._paused_producer = False
+
+    def pauseProducing(self) -> None:
+        if self.producerState != "stopped":
+            self.producerState = "paused"
+
+    def resumeProducing(self) -> None:
+        if self.producerState != "stopped":
+            self.producerState = "producing"
+
+    # for the test
+    def read(self) -> bytes:
+        """Take what the peer has not read yet; an emptied buffer resumes the producer."""
+        data = bytes(self.sent[len(self.sent) - self._unread :])
+        self._unread = 0
+        if self._paused_producer and self.producer is not None:
+            self._paused_producer = False
+            self.producer.resumeProducing()
+        return data
+
+    @property
+    def unread(self) -> int:
+        return self._unread
+
+    def feed(self, data: bytes) -> None:
+        """Bytes arrive from the remote end (the reactor reads them only while not paused)."""
+        assert self.producerState == "producing", f"{self!r} is paused: the reactor would not read it"
+        assert self.protocol is not None
+        self.protocol.dataReceived(data)
+
+    def feed_eof(self) -> None:
+        assert self.protocol is not None
+        half = getattr(self.protocol, "readConnectionLost", None)
+        assert half is not None, "the protocol cannot half-close"
+        half()
+
+    def settle(self) -> bool:
+        """Deliver the end of a connection the protocol asked to end; True if one was delivered."""
+        if self.disconnecting and not self.lost and self.protocol is not None:
+            self.lost = True
+            self.connected = False
+            reason = error.ConnectionAborted() if self.aborted else error.ConnectionDone()
+            self.protocol.connectionLost(Failure(reason))
+            return True
+        return False
+
+    def drop(self, clean: bool = True) -> None:
+        """The remote end went away (FIN and close, or a reset)."""
+        self.aborted = not clean
+        self.disconnecting = True
+
+
+# --- a connector: the real link protocol, a fake pool slot and backends ------------------------
+
+
+class Dialer(BackendDialer):
+    """The connector's backend dialer, in memory. ``mode``: "connect", "refuse" or "hold"."""
+
+    def __init__(self, services: tuple[str, ...], clock: MemoryReactorClock, mode: str = "connect") -> None:
+        super().__init__(
+            tuple(InternalService(name=name, connect=Uri("tcp", "10.0.0.5", 7000)) for name in services),
+            Metrics(),
+            cast(Any, clock),
+        )
+        self.mode = mode
+        self.dials: list[str] = []
+        self.held: list[Deferred[BackendConnection]] = []
+        self.backends: list[Pipe] = []
+        self.backend_limit: int | None = None
+
+    def dial(self, service: InternalService) -> Deferred[BackendConnection]:
+        self.dials.append(service.name)
+        if self.mode == "refuse":
+            return fail(error.ConnectionRefusedError("connection refused"))
+        if self.mode == "hold":
+            held: Deferred[BackendConnection] = Deferred()
+            self.held.append(held)
+            return held
+        return succeed(self.connect_backend())
+
+    def connect_backend(self) -> BackendConnection:
+        pipe = Pipe(IPv4Address("TCP", "10.0.0.5", 7000), limit=self.backend_limit)
+        backend = BackendConnection()
+        pipe.connect(backend)
+        self.backends.append(pipe)
+        return backend
+
+
+class Connector:
+    """What ``ConnectorLinkProtocol`` reads of its pool slot (shield/internal/pool.py LinkSlot)."""
+
+    def __init__(
+        self, name: str, offers: tuple[str, ...], clock: MemoryReactorClock, priority: int = 100,
+        serves: tuple[str, ...] | None = None, mode: str = "connect", max_pending_opens: int = 256,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self.offers = offers  # what its health checks report up (what it announces)
+        self.dialer = Dialer(offers if serves is None else serves, clock, mode)
+        self.clock = clock
+        self.endpoint = f"{DMZ_ADDRESS.host}:{DMZ_ADDRESS.port}"
+        self.gateway = SimpleNamespace(
+            dialer=self.dialer,
+            config=SimpleNamespace(name=name, priority=priority, max_pending_opens=max_pending_opens),
+            budget=None,
+            health=SimpleNamespace(up_services=lambda: self.offers),
+        )
+        self.up: list[ConnectorLinkProtocol] = []
+        self.lost: list[str] = []
+
+    def link_up(self, protocol: ConnectorLinkProtocol) -> None:
+        self.up.append(protocol)
+
+    def link_lost(self, protocol: ConnectorLinkProtocol, uptime: float, reason: str) -> None:
+        self.lost.append(reason)
+
+
+# --- the DMZ -----------------------------------------------------------------------------------
+
+
+def dmz_config(
+    connectors: dict[str, tuple[str, ...]],
+    services: tuple[str, ...] = ("echo",),
+    limits: ClientLimits = ClientLimits(),
+    open_timeout: float = 10.0,
+    keepalive: float = 0.0,
+) -> DmzConfig:
+    return DmzConfig(
+        name=DMZ_NAME,
+        backplane=DmzBackplane(
+            accept=Uri("tls", DMZ_ADDRESS.host, DMZ_ADDRESS.port),
+            cert=Path("/nonexistent/dmz.pem"),
+            ca=Path("/nonexistent/ca.pem"),
+            connectors=connectors,
+            keepalive=KeepaliveSettings(interval=keepalive),
+        ),
+        services=tuple(
+            DmzService(name=name, accept=(Uri("tcp", "0.0.0.0", 9000 + i),), open_timeout=open_timeout, limits=limits)
+            for i, name in enumerate(services)
+        ),
+    )
+
+
+class Link:
+    """One backplane link: the DMZ's protocol, the connector's, and the pump between them."""
+
+    def __init__(self, dmz: DmzLinkProtocol, connector: ConnectorLinkProtocol, pump: iosim.IOPump) -> None:
+        self.dmz = dmz
+        self.connector = connector
+        self.pump = pump
+
+    @property
+    def registered(self) -> ConnectorLink | None:
+        return self.dmz.link
+
+
+class World:
+    """A DMZ's backplane, registry and tunnel opener, and the connectors linked to it."""
+
+    def __init__(self, config: DmzConfig) -> None:
+        self.clock = MemoryReactorClock()
+        self.config = config
+        self.registry = LinkRegistry()
+        self.backplane = BackplaneFactory(config, self.registry, self.clock)
+        self.opener = TunnelOpener(
+            self.registry, self.clock, None,
+            lambda service: [c for c, offered in config.backplane.connectors.items() if service in offered],
+        )  # fmt: skip
+        self.links: list[Link] = []
+        self.pipes: list[Pipe] = []
+        self._port = 40000
+
+    def connector(self, name: str, offers: tuple[str, ...] = ("echo",), **kwargs: Any) -> Connector:
+        return Connector(name, offers, self.clock, **kwargs)
+
+    def link(self, connector: Connector, identity: str | None = "", handshake: bool = True, announce: bool = True) -> Link:
+        """Dial a link from ``connector``; its certificate names ``identity`` (default: its name)."""
+        self._port += 1
+        peer = IPv4Address("TCP", "198.18.0.2", self._port)
+        dmz = self.backplane.buildProtocol(peer)
+        ours = ConnectorLinkProtocol(connector, MuxConfig(keepalive_interval=0))  # type: ignore[arg-type]
+        pump = iosim.connect(
+            dmz, CertifiedTransport(dmz, True, connector.name if identity == "" else identity, DMZ_ADDRESS, peer),
+            ours, TcpTransport(ours, False, peer, DMZ_ADDRESS),
+            greet=False, clock=self.clock,
+        )  # fmt: skip
+        link = Link(dmz, ours, pump)
+        self.links.append(link)
+        if handshake:
+            dmz.handshakeCompleted()  # what the TLS layer calls once the handshake is done
+            if announce:
+                ours.handshakeCompleted()
+        self.run()
+        return link
+
+    def link_tls(self, connector: Connector, server_tls: Any, client_tls: Any) -> Link:
+        """Dial a link from ``connector`` through the real TLS layer (``LinkTLSFactory``) on both
+        sides: the handshake, the certificate identity and ``handshakeCompleted`` are TLS's own."""
+        self._port += 1
+        peer = IPv4Address("TCP", "198.18.0.2", self._port)
+        server = LinkTLSFactory(server_tls, False, self.backplane, clock=self.clock)
+        client = LinkTLSFactory(
+            client_tls, True,
+            Factory.forProtocol(lambda: ConnectorLinkProtocol(connector, MuxConfig(keepalive_interval=0))),  # type: ignore[arg-type]
+            clock=self.clock,
+        )  # fmt: skip
+        dmz_tls, connector_tls = server.buildProtocol(peer), client.buildProtocol(DMZ_ADDRESS)
+        pump = iosim.connect(
+            dmz_tls, TcpTransport(dmz_tls, True, DMZ_ADDRESS, peer),
+            connector_tls, TcpTransport(connector_tls, False, peer, DMZ_ADDRESS),
+            greet=False, clock=self.clock,
+        )  # fmt: skip
+        dmz, ours = dmz_tls.wrappedProtocol, connector_tls.wrappedProtocol
+        assert isinstance(dmz, DmzLinkProtocol) and isinstance(ours, ConnectorLinkProtocol)
+        link = Link(dmz, ours, pump)
+        self.links.append(link)
+        self.run()
+        return link
+
+    def client(self, host: str = "198.51.100.7", port: int = 50000, limit: int | None = None) -> Pipe:
+        pipe = Pipe(IPv4Address("TCP", host, port), limit)
+        self.pipes.append(pipe)
+        return pipe
+
+    def run(self) -> None:
+        """Move bytes and fire what is due now until nothing moves any more."""
+        quiet = 0
+        for _ in range(10_000):
+            moved = False
+            for link in self.links:
+                moved |= link.pump.pump()
+            self.clock.advance(0)
+            for pipe in self.pipes + [p for c in self._dialers() for p in c.backends]:
+                moved |= pipe.settle()
+            quiet = 0 if moved else quiet + 1
+            if quiet >= 2:
+                return
+        raise AssertionError("the world never went quiet")
+
+    def _dialers(self) -> Iterator[Dialer]:
+        seen: set[int] = set()
+        for link in self.links:
+            dialer = link.connector.slot.dialer  # type: ignore[attr-defined]
+            if id(dialer) not in seen:
+                seen.add(id(dialer))
+                yield dialer
+
+    def advance(self, seconds: float, step: float | None = None) -> None:
+        """Let ``seconds`` pass (in steps of ``step``), moving bytes after each."""
+        step = seconds if step is None else step
+        left = seconds
+        while left > 1e-9:
+            now = min(step, left)
+            self.clock.advance(now)
+            left -= now
+            self.run()
+
+    def open(self, service: str = "echo", client: str = "198.51.100.7:4000", timeout: float = 10.0) -> TunnelStream | OpenFailed:
+        """Open a tunnel and run until it is answered (or the deadline has passed)."""
+        outcome: list[object] = []
+        self.opener.open(service, client, (("transport", "tcp"),), timeout).addBoth(outcome.append)
+        self.run()
+        if not outcome:
+            self.advance(timeout)
+        assert outcome, "the opening was never answered"
+        (result,) = outcome
+        if isinstance(result, Failure):
+            assert isinstance(result.value, OpenFailed), result
+            return result.value
+        assert isinstance(result, TunnelStream)
+        return result
+
+
+class LogLines:
+    """Formatted log lines of shield's loggers (the namespaces given, or all of shield)."""
+
+    def __init__(self, *namespaces: str) -> None:
+        self.namespaces = namespaces or ("shield",)
+        self.lines: list[str] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        namespace = str(event.get("log_namespace", ""))
+        if any(namespace.startswith(prefix) for prefix in self.namespaces):
+            self.lines.append(formatEvent(event))
+
+    def having(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
+
+
+def capture_log() -> Iterator[LogLines]:
+    """For a fixture: ``yield from capture_log()``."""
+    lines = LogLines()
+    globalLogPublisher.addObserver(cast(Any, lines))
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(cast(Any, lines))
+
