@@ -8,6 +8,8 @@ metric sample and a clear answer: HTTP 503 for WebSocket clients, a close for ra
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -19,7 +21,10 @@ from twisted.logger import Logger
 
 from shield.config.model import ClientLimits
 from shield.ops.metrics import Metrics
+from shield.tls.transport import handshake_pending
 from shield.transports import IStreamTransport
+from shield.ops.ratelog import RateLimitedLog
+from shield.ops.http import http_response
 
 log = Logger(namespace="shield.dmz.admission")
 
@@ -56,11 +61,10 @@ class ClientGate:
         self.total = 0
         self.per_service: Counter[str] = Counter()
         self.per_source: Counter[tuple[str, str]] = Counter()  # (service, host)
-        self._quiet_until: dict[tuple[str, str], float] = {}
+        self._refusals = RateLimitedLog(log, clock, LOG_EVERY, summary=_refusals_summary)
         #: Connection tickets by transport, for connections whose protocol changes on the way
         #: (an HTTP channel handing its socket to a WebSocket protocol).
         self._by_transport: "weakref.WeakKeyDictionary[object, list[Ticket]]" = weakref.WeakKeyDictionary()
-        self._unlogged: Counter[tuple[str, str]] = Counter()
 
     def connection(self, host: str, client: str = "") -> Ticket | Refusal:
         """A new connection on any public port, before anything is read: the gateway's limits."""
@@ -128,22 +132,12 @@ class ClientGate:
 
     def note(self, service: str, limit: str, line: str) -> None:
         """Log a refusal: the first at once; under a flood, one line a second with the count."""
-        key = (service, limit)
-        now = self.clock.seconds()
-        if now < self._quiet_until.get(key, 0.0):
-            if not self._unlogged[key]:
-                self.clock.callLater(self._quiet_until[key] - now, self._summarise, key, line)
-            self._unlogged[key] += 1
-            return
-        log.warn("{line}", line=line)
-        self._quiet_until[key] = now + LOG_EVERY
+        self._refusals.warn((service, limit), line)
 
-    def _summarise(self, key: tuple[str, str], last: str) -> None:
-        more = self._unlogged.pop(key, 0)
-        if more:
-            log.warn("{more} more refused by {limit} for {service!r} in the last second (last: {last})",
-                     more=more, limit=key[1], service=key[0], last=last)  # fmt: skip
-            self._quiet_until[key] = self.clock.seconds() + LOG_EVERY
+
+def _refusals_summary(key: Hashable, more: int, last: str, every: float) -> str:
+    assert isinstance(key, tuple)  # (service, limit), as note() makes them
+    return f"{more} more refused by {key[1]} for {key[0]!r} in the last second (last: {last})"
 
 
 class Refused(Protocol):
@@ -163,36 +157,12 @@ class Refused(Protocol):
             self.transport.abortConnection()
 
 
-_PHRASES = {302: "Found", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            408: "Request Timeout", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
-            503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
-
-
-def http_response(status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """A complete plain-text HTTP/1.1 answer whose body is the one-line reason."""
-    body = (reason.splitlines()[0] + "\n").encode("utf-8") if reason else b""
-    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
-             f"Content-Length: {len(body)}", "Connection: close"]  # fmt: skip
-    lines += [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def host_of(addr: object) -> str:
-    return str(getattr(addr, "host", addr))
-
-
-def client_of(addr: object) -> str:
-    """``host:port`` for log lines (``[v6]:port`` for IPv6)."""
-    host, port = getattr(addr, "host", None), getattr(addr, "port", None)
-    if host is None or port is None:
-        return str(addr)
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def finish(transport: IStreamTransport) -> None:
     """Close after what was written; cut at once if TLS never got going (a TLS transport holds
     writes until its handshake is done, and would then wait for ever)."""
-    if getattr(transport, "_handshakeDone", True) is False:
+    if handshake_pending(transport):
         transport.abortConnection()
     else:
         transport.loseConnection()

@@ -15,7 +15,8 @@ unknown OPENs) and logged, but a burst of them gives one log line per second per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Hashable
+
 from typing import Callable, cast
 
 from twisted.internet import error
@@ -35,6 +36,7 @@ from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
 from shield.relay import Relay, RelayedProtocol
 from shield.tls.contexts import backend_client_options
 from shield.transports import IGatewayReactor
+from shield.ops.ratelog import RateLimitedLog
 
 log = Logger(namespace="shield.internal.backend")
 
@@ -50,20 +52,14 @@ LIMIT_STREAMS = "max_streams"
 LIMIT_OPEN_HEADER_TIMEOUT = "open_header_timeout"
 
 
-@dataclass
-class _Burst:
-    count: int  # refusals since the last line
-    detail: str  # what the last of them was
-    timer: IDelayedCall
-
-
 class RefusalLog:
     """One log line per burst of refusals of one kind, not one per refused stream.
 
     The first refusal of a kind is logged at once, in full. Those that follow within
     ``interval`` seconds are only counted; when the interval is over, one line says how many
     there were and what the last one was, and a new interval starts. An interval with no
-    refusal ends the burst, so the next one is again logged at once.
+    refusal ends the burst, so the next one is again logged at once. (shield.ops.ratelog does
+    the counting; this names the link in each line.)
     """
 
     def __init__(
@@ -73,45 +69,24 @@ class RefusalLog:
         interval: float = REFUSAL_LOG_INTERVAL,
         logger: Logger = log,
     ) -> None:
-        self.clock = clock
         self.where = where
         self.interval = interval
-        self.log = logger
-        self._bursts: dict[str, _Burst] = {}
+        self._log = RateLimitedLog(logger, clock, interval, summary=self._summary, first=self._first)
 
     def refused(self, kind: str, detail: str) -> None:
         """A stream was refused: ``kind`` groups a burst (a limit, "unknown service", ...)."""
-        burst = self._bursts.get(kind)
-        if burst is not None:
-            burst.count += 1
-            burst.detail = detail
-            return
-        self.log.warn("stream from DMZ {peer}: {detail}", peer=self.where(), detail=detail, refusal=kind)
-        self._bursts[kind] = _Burst(0, detail, self.clock.callLater(self.interval, self._interval_over, kind))
+        self._log.warn(kind, detail, refusal=kind)
 
-    def _interval_over(self, kind: str) -> None:
-        burst = self._bursts.pop(kind)
-        if not burst.count:
-            return  # the burst is over
-        self._summary(kind, burst)
-        self._bursts[kind] = _Burst(0, burst.detail, self.clock.callLater(self.interval, self._interval_over, kind))
+    def _first(self, detail: str) -> str:
+        return f"stream from DMZ {self.where()}: {detail}"
 
-    def _summary(self, kind: str, burst: _Burst) -> None:
-        self.log.warn(
-            "stream from DMZ {peer}: {count} more streams refused ({kind}) in the last {interval:g} s;"
-            " the last: {detail}",
-            peer=self.where(), count=burst.count, kind=kind, interval=self.interval, detail=burst.detail,
-            refusal=kind,
-        )
+    def _summary(self, kind: Hashable, count: int, detail: str, interval: float) -> str:
+        return (f"stream from DMZ {self.where()}: {count} more streams refused ({kind}) in the last "
+                f"{interval:g} s; the last: {detail}")  # fmt: skip
 
     def stop(self) -> None:
         """The link is gone: say what is still only counted, stop the timers."""
-        bursts, self._bursts = self._bursts, {}
-        for kind, burst in bursts.items():
-            if burst.timer.active():
-                burst.timer.cancel()
-            if burst.count:
-                self._summary(kind, burst)
+        self._log.stop()
 
 
 class OpenLimits:

@@ -9,6 +9,7 @@ producers are then paused), so memory stays bounded.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, Callable
 from typing import Protocol as TypingProtocol
 
@@ -27,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.addresses import describe_address
 from shield.mux.budget import BufferBudget, unlimited
 from shield.mux.config import MuxConfig
 from shield.mux.errors import SessionClosedError
@@ -47,6 +49,7 @@ from shield.mux.frames import GoAwayCode
 from shield.mux.session import Session
 from shield.mux.stream import MuxStream, MuxStreamAddress
 from shield.transports import IStreamTransport
+from shield.ops.ratelog import RateLimitedLog
 
 #: Payload framed by one flush at most (see ``MuxProtocol._flush``).
 FLUSH_LIMIT = 256 * 1024
@@ -60,6 +63,10 @@ class _Pending(TypingProtocol):
     def active(self) -> bool: ...
 
     def cancel(self) -> None: ...
+
+
+def _refused_summary(key: Hashable, more: int, last: str, every: float) -> str:
+    return f"{more} more streams refused in the last second: nothing accepts streams here (last: {last})"
 
 
 def _default_clock() -> IReactorTime:
@@ -114,8 +121,7 @@ class MuxProtocol(Protocol):
         self._close_reason: str | None = None
         self._peer_away_code: int | None = None
         self._batch: list[bytes] | None = None
-        self._refused_streams = 0
-        self._refused_log_at = 0.0
+        self._refused_streams = RateLimitedLog(self.log, self._clock, summary=_refused_summary)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -394,15 +400,9 @@ class MuxProtocol(Protocol):
             protocol = self.stream_factory.buildProtocol(stream.getPeer())
         if protocol is None:
             # One line a second at most: a peer opening streams without end must not flood the log.
-            now = self._clock.seconds()
-            self._refused_streams += 1
-            if now >= self._refused_log_at:
-                self.log.warn(
-                    "mux {peer}: refused stream {id}: nothing accepts streams here ({n} refused since the last line)",
-                    peer=self._peer(), id=stream_id, n=self._refused_streams,
-                )  # fmt: skip
-                self._refused_streams = 0
-                self._refused_log_at = now + 1.0
+            self._refused_streams.warn(
+                "refused", f"mux {self._peer()}: refused stream {stream_id}: nothing accepts streams here"
+            )
             self.streams.pop(stream_id, None)
             self.session.reset_stream(stream_id)
             return
@@ -473,12 +473,7 @@ class MuxProtocol(Protocol):
             self._close_transport()
 
     def _peer(self) -> str:
-        address = self.link_address(peer=True)
-        if address is None:
-            return "?"
-        host = getattr(address, "host", None)
-        port = getattr(address, "port", None)
-        return f"{host}:{port}" if host is not None else str(address)
+        return describe_address(self.link_address(peer=True))
 
 
 class MuxFactory(Factory):
