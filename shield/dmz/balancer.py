@@ -20,14 +20,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.addresses import describe_address, host_of
 from shield.cluster.link import ForwardFailed, ForwardStream
-from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, client_of, finish, host_of, http_response
+from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, finish
+from shield.ops.http import http_response
 from shield.dmz.auth import check_client_certificate, client_identity
 from shield.cluster.membership import Candidate
 from shield.cluster.messages import ForwardRequest
 from shield.config.model import DmzService, Uri
 from shield.handover import Handover
-from shield.net import describe_address, set_no_delay
+from shield.net import set_no_delay
 from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
 from shield.relay import Relay, TransportSide
 
@@ -430,7 +432,7 @@ class BalancedHttpFactory(Factory):
         self.head_timeout = min(front.config.limits.handshake_timeout for front, _ in routes.values())
 
     def buildProtocol(self, addr: IAddress | None) -> BalancedHttpClient | Refused:
-        ticket = self.gate.connection(host_of(addr), client_of(addr))
+        ticket = self.gate.connection(host_of(addr), describe_address(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=True)
         protocol = BalancedHttpClient(self.routes, self.fallback, self.gate.clock, self.head_timeout)
@@ -447,7 +449,7 @@ class BalancedTcpFactory(Factory):
         self.noisy = False
 
     def buildProtocol(self, addr: IAddress | None) -> BalancedTcpClient | Refused:
-        ticket = self.front.gate.connection(host_of(addr), client_of(addr))
+        ticket = self.front.gate.connection(host_of(addr), describe_address(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=False)
         protocol = BalancedTcpClient(self.front, self.accept)

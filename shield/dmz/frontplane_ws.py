@@ -26,12 +26,14 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from shield.addresses import describe_address, host_of
 from shield.config.model import DmzService
-from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, client_of, finish, host_of, http_response
+from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, finish
+from shield.ops.http import http_response
 from shield.dmz.auth import check_client_certificate, check_token
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
-from shield.net import describe_address, send_room, set_no_delay, socket_under
+from shield.net import send_room, set_no_delay, socket_under
 from shield.relay import Relay
 from shield.transports import IStreamTransport
 
@@ -57,19 +59,6 @@ class _LazyFormat:
 # module's ``pformat`` becomes lazy: the same text, built only when the line is written.
 # tests/dmz/test_autobahn_adapter.py pins that this still holds for the installed Autobahn.
 autobahn_protocol.pformat = _LazyFormat  # type: ignore[assignment]  # Autobahn formats every frame for a log line it drops; pinned by tests/dmz/test_autobahn_adapter.py
-
-_PHRASES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    408: "Request Timeout",
-    404: "Not Found",
-    426: "Upgrade Required",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
 
 #: Close codes that need no log line: normal, going away, or none sent by this side.
 _ORDINARY_CLOSES = (None, 1000, 1001)
@@ -298,17 +287,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """A plain-text error with the reason as its one-line body (Autobahn sends no body)."""
-        body = (reason.splitlines()[0] if reason else _PHRASES.get(code, "")) + "\n"
-        encoded = body.encode("utf-8")
-        lines = [
-            f"HTTP/1.1 {code} {_PHRASES.get(code, 'Error')}",
-            "Content-Type: text/plain; charset=utf-8",
-            f"Content-Length: {len(encoded)}",
-            "Connection: close",
-        ]
-        for name, value in responseHeaders or ():
-            lines.append(f"{name}: {value}")
-        self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + encoded)
+        self.sendData(http_response(code, reason, tuple(responseHeaders or ())))
 
 
 class PublicWebSocketFactory(WebSocketServerFactory):
@@ -454,7 +433,7 @@ class GuardedSite(Site):
         return Site.buildProtocol(self, addr)
 
     def buildProtocol(self, addr: Any) -> Any:
-        ticket = self.gate.connection(host_of(addr), client_of(addr))
+        ticket = self.gate.connection(host_of(addr), describe_address(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=True)
         channel = super().buildProtocol(addr)

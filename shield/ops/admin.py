@@ -10,6 +10,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from shield.transports import IStreamTransport
+from shield.ops.http import http_response
 
 log = Logger(namespace="shield.ops.admin")
 
@@ -51,7 +52,7 @@ class _AdminChannel(HTTPChannel):
             return None
         self._answered_bad = True
         self._bad(f"request or header line over {self.MAX_LENGTH} bytes")
-        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+        self.transport.write(http_response(400, f"request or header line over {self.MAX_LENGTH} bytes"))
         self.transport.loseConnection()
         return None
 
