@@ -17,7 +17,6 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
 )
 from twisted.internet.interfaces import (
-    IAddress,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
     ITransport,
@@ -118,18 +117,3 @@ def send_room(sock: socket.socket | None) -> int:
     return max(0, size // 2 - queued)
 
 
-def describe_address(address: IAddress | None) -> str:
-    """``host:port`` (``[v6]:port``) for IP addresses, the path for unix sockets."""
-    if address is None:
-        return "?"
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return name.decode() if isinstance(name, bytes) else str(name)
-    link = getattr(address, "link", None)
-    if link is not None:
-        return describe_address(link)
-    return str(address)

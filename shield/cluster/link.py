@@ -47,7 +47,7 @@ HANDSHAKE_TIMEOUT = 10.0
 class MemberLinkProtocol(MuxProtocol):
     """A link to one peer member; ``dialled`` is True on the side that connected."""
 
-    def __init__(self, node: "ClusterNode", dialled: bool, endpoint: str) -> None:
+    def __init__(self, node: "ClusterNode", dialled: bool, endpoint: str, peer_host: str = "") -> None:
         super().__init__(
             client=dialled, config=node.mux_config, stream_factory=_IncomingStreams(self), clock=node.clock,
             budget=node.budget,
@@ -55,6 +55,7 @@ class MemberLinkProtocol(MuxProtocol):
         self.node = node
         self.dialled = dialled
         self.endpoint = endpoint  # what was dialled, or the address a peer came from
+        self.peer_host = peer_host or endpoint  # the key of its rate-limited log lines
         self.peer_name: str | None = None
         self.heartbeats_out: MuxStream | None = None
         self._handshake_timer: IDelayedCall | None = None

@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 
+from shield.addresses import describe_address, host_of
 from shield.cluster.link import ForwardFailed, ForwardStream, MemberLinkProtocol
 from shield.cluster.membership import Candidate, Membership
 from shield.cluster.messages import ForwardReply, ForwardRequest, Heartbeat, ServiceState
@@ -30,7 +31,7 @@ from shield.dns import Change, Discovery, resolve
 from shield.mux.budget import BufferBudget
 from shield.mux.config import MuxConfig
 from shield.mux.errors import MuxError
-from shield.net import describe_address, is_ipv4, is_ipv6, stream_client_endpoint, tcp_server_endpoint
+from shield.net import is_ipv4, is_ipv6, stream_client_endpoint, tcp_server_endpoint
 from shield.ops.ratelog import RateLimitedLog
 from shield.tls.transport import LinkTLSEndpoint, LinkTLSFactory
 from shield.transports import IGatewayReactor
@@ -283,7 +284,7 @@ class ClusterNode:
         return identity not in connectors()
 
     def accepted(self, addr: IAddress | None) -> MemberLinkProtocol:
-        return MemberLinkProtocol(self, False, describe_address(addr))
+        return MemberLinkProtocol(self, False, describe_address(addr), host_of(addr))
 
     def link_ready(self, link: MemberLinkProtocol, name: str) -> bool:
         if name == self.own_name:
@@ -311,7 +312,7 @@ class ClusterNode:
                         log.warn("cluster {cluster}: no member link to {endpoint}: {reason}",
                                  cluster=self.cluster_name, endpoint=link.endpoint, reason=reason)  # fmt: skip
                 else:
-                    host = link.endpoint.rsplit(":", 1)[0]
+                    host = link.peer_host
                     self._bad_peers.warn(host, f"cluster {self.cluster_name}: no member link from {link.endpoint}: {reason}")
             return
         self.links.discard(link)

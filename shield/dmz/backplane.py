@@ -16,13 +16,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.addresses import describe_address, host_of
 from shield.config.model import DmzConfig
 from shield.config.mux import mux_config_for
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
 from shield.mux.budget import BufferBudget
 from shield.mux.protocol import MuxProtocol
-from shield.net import describe_address, set_no_delay
+from shield.net import set_no_delay
 from shield.ops.ratelog import RateLimitedLog
 from shield.tls.contexts import refusal_logged
 from shield.tls.identity import negotiated_suite, peer_identity
@@ -38,7 +39,7 @@ log = Logger(namespace="shield.dmz.backplane")
 class DmzLinkProtocol(MuxProtocol):
     """One connector link at the DMZ (yamux server side)."""
 
-    def __init__(self, backplane: "BackplaneFactory", peer: str) -> None:
+    def __init__(self, backplane: "BackplaneFactory", peer: str, peer_host: str = "") -> None:
         config = backplane.config.backplane
         super().__init__(
             client=False,
@@ -49,6 +50,7 @@ class DmzLinkProtocol(MuxProtocol):
         )
         self.backplane = backplane
         self.peer = peer
+        self.peer_host = peer_host or peer  # the key of its rate-limited log lines
         self.identity: str | None = None
         self.link: ConnectorLink | None = None
         self._control_taken = False
@@ -181,7 +183,7 @@ class DmzLinkProtocol(MuxProtocol):
         self._said_why = True
         what = "TLS handshake" if self.identity is None else "announcement"
         self.backplane.bad_peers.warn(
-            ("no announcement", self.peer.rsplit(":", 1)[0]),
+            ("no announcement", self.peer_host),
             f"link from {self.peer}: no {what} within {ANNOUNCE_TIMEOUT:g} s; closed",
         )
         if self.transport is not None:
@@ -203,7 +205,7 @@ class DmzLinkProtocol(MuxProtocol):
         elif self.identity is None and not self._said_why and not refusal_logged(self.transport):
             # (a certificate the TLS layer refused has had its one line, naming why)
             self.backplane.bad_peers.warn(
-                ("before TLS", self.peer.rsplit(":", 1)[0]),
+                ("before TLS", self.peer_host),
                 f"link from {self.peer}: closed before TLS completed: {_describe(reason, self)}",
             )
         super().connectionLost(reason)
@@ -278,7 +280,7 @@ class BackplaneFactory(Factory):
         self.noisy = False
 
     def buildProtocol(self, addr: IAddress | None) -> DmzLinkProtocol:
-        protocol = DmzLinkProtocol(self, describe_address(addr))
+        protocol = DmzLinkProtocol(self, describe_address(addr), host_of(addr))
         protocol.factory = self
         self.protocols.add(protocol)
         protocol.when_closed().addBoth(lambda _: self.protocols.discard(protocol))

@@ -12,11 +12,12 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from shield.dmz.admission import Refusal, Refused, Ticket, client_of, host_of
+from shield.addresses import describe_address, host_of
+from shield.dmz.admission import Refusal, Refused, Ticket
 from shield.dmz.auth import check_client_certificate
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
-from shield.net import describe_address, set_no_delay
+from shield.net import set_no_delay
 from shield.relay import RelayedProtocol
 
 
@@ -118,7 +119,7 @@ class PublicTcpFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> PublicTcpProtocol | Refused:
         # (Refused is not a PublicTcpProtocol: a refused client gets its answer and is closed)
-        ticket = self.front.gate.connection(host_of(addr), client_of(addr))
+        ticket = self.front.gate.connection(host_of(addr), describe_address(addr))
         if isinstance(ticket, Refusal):
             return Refused(ticket, http=False)
         protocol = PublicTcpProtocol(self.front, self.kind)

@@ -174,8 +174,7 @@ class InternalGateway(Service):
             discovery.stop()
             for endpoint in list(self.endpoints.values()):
                 if uri in endpoint.owners:
-                    address = endpoint.label.rsplit(":", 1)[0].strip("[]")
-                    gone = self._remove_endpoint(uri, address)
+                    gone = self._remove_endpoint(uri, endpoint.address)
                     if gone is not None:
                         log.info("connector {name}: endpoint {label} removed from connect; draining its links", name=new.name, label=gone.label)
                         self._retire(gone)
@@ -237,7 +236,7 @@ class InternalGateway(Service):
             return None
         dial = endpoint_for(self.reactor, address, uri.port, self.tls_options)
         slots = [LinkSlot(self, label, dial, index) for index in range(self.config.backplane.links)]
-        endpoint = Endpoint(label, slots, {uri})
+        endpoint = Endpoint(label, address, slots, {uri})
         self.endpoints[label] = endpoint
         self.metrics.links_up.labels(endpoint=label).set(0)
         for slot in slots:

@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from shield.addresses import host_port
 from shield.net import is_ipv6
 from shield.tls.transport import LinkTLSEndpoint
 from shield.transports import IGatewayReactor
@@ -158,6 +159,7 @@ class Endpoint:
     """
 
     label: str
+    address: str  # the address the label names (the label is never parsed back)
     slots: list[LinkSlot]
     owners: set[object] = field(default_factory=set)
 
@@ -174,5 +176,4 @@ def endpoint_for(
     return LinkTLSEndpoint(tls_options, plain)
 
 
-def endpoint_label(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if is_ipv6(address) else f"{address}:{port}"
+endpoint_label = host_port  # an endpoint's name in logs and in shield_links_up{endpoint}

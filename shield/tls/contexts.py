@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.addresses import describe_address
 from shield.tls.identity import identity_from_certificate
 
 __all__ = [
@@ -182,10 +183,7 @@ def _peer_of(conn: SSL.Connection) -> str:
         address = conn.get_app_data().transport.getPeer()
     except Exception:
         return "unknown"
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None or port is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return describe_address(address)
 
 
 # --- server side ------------------------------------------------------------------------------
