@@ -234,3 +234,10 @@ def describe(reactor: object) -> str:
     if isinstance(reactor, ShieldReactor):
         return f"{name} (epoll, eager socket writes)"
     return f"{name} (queued socket writes: start without --reactor for the faster ShieldReactor)"
+
+
+def forget_exit_signal(reactor: object, number: int) -> None:
+    """twistd re-raises the signal that stopped the reactor (its private ``_exitSignal``), so the
+    process would end "killed by SIGTERM" after a graceful drain; forget it if it is ``number``."""
+    if getattr(reactor, "_exitSignal", None) == number:
+        reactor._exitSignal = None  # type: ignore[attr-defined]  # pinned by tests/test_private_internals.py

@@ -20,6 +20,7 @@ from OpenSSL import SSL, crypto
 from shield.config.model import DmzService
 from shield.tls.contexts import verify_error_text
 from shield.tls.identity import identity_from_certificate
+from shield.tls.transport import tls_layer
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,4 @@ def client_identity(transport: Any) -> str | None:
     return identity_from_certificate(cert) if cert is not None else None
 
 
-def _tls_transport(transport: Any) -> Any:
-    """The TLS protocol under ``transport`` (TLSMemoryBIOProtocol is what app data points at)."""
-    for _ in range(3):
-        if transport is None:
-            return None
-        if hasattr(transport, "getPeerCertificate") and hasattr(transport, "_tlsConnection"):
-            return transport
-        transport = getattr(transport, "transport", None)
-    return None
+_tls_transport = tls_layer  # the TLS protocol under a transport (shield.tls.transport)

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from shield.mux.protocol import MuxProtocol
 from shield.transports import IGatewayReactor
+from shield.reactor import forget_exit_signal
 
 
 def drain_links(
@@ -60,8 +61,7 @@ def exit_cleanly_after_drain(reactor: IGatewayReactor) -> None:
     twistd normally re-raises the signal that stopped it once the reactor is done, so the
     process would end "killed by SIGTERM"; after a graceful drain that is not what happened.
     """
-    if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
-        reactor._exitSignal = None  # type: ignore[attr-defined]  # Twisted's private record of the signal; see the comment above
+    forget_exit_signal(reactor, signal.SIGTERM)
 
 
 def fatal(failure: Failure, reactor: IGatewayReactor, what: str) -> None:

@@ -193,3 +193,19 @@ class LinkTLSEndpoint:
             return protocol.wrappedProtocol
 
         return connecting.addCallback(unwrap)
+
+
+def handshake_pending(transport: object) -> bool:
+    """Whether a TLS transport has not finished its handshake (False for any other transport)."""
+    return getattr(transport, "_handshakeDone", True) is False
+
+
+def tls_layer(transport: object) -> Any:
+    """The TLS protocol under ``transport`` (through a mux stream or other wrappers), or None."""
+    for _ in range(3):
+        if transport is None:
+            return None
+        if hasattr(transport, "getPeerCertificate") and hasattr(transport, "_tlsConnection"):
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None
