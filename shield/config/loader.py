@@ -23,24 +23,30 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shield.config.errors import ConfigError
 from shield.config.model import (
     BACKEND_SCHEMES,
     PUBLIC_SCHEMES,
+    AuthKind,
+    BalancerMode,
     ClientLimits,
     DmzBackplane,
     DmzCluster,
     DmzConfig,
     DmzService,
+    HealthCheck,
     InternalBackplane,
     InternalConfig,
     InternalService,
     KeepaliveSettings,
+    ServiceType,
     Uri,
 )
+from shield.config.schema import table_keys
 from shield.config.uris import is_host_name, parse_uri
 from shield.names import NAME_RULE, is_name
 
@@ -80,46 +86,26 @@ _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 _WS_SCHEMES = frozenset({"ws", "wss"})
 _TLS_PUBLIC_SCHEMES = frozenset({"wss", "tls"})
 
+#: The document's own keys: the gateway's table and [properties] (which has no dataclass).
 _TOP_KEYS = ("properties", "dmz", "internal")
-_DMZ_KEYS = (
-    "name", "admin", "grace-period", "open-timeout", "buffer-budget", "backplane", "cluster", "limits",
-    "service",
-)  # fmt: skip
-_LIMIT_KEYS = (
-    "max-connections", "max-connections-per-source", "handshake-timeout", "idle-timeout",
-    "bytes-per-second",
-)  # fmt: skip
-_AUTH_KINDS = ("none", "token", "mtls")
-_TOKEN_HASH = re.compile(r"sha256:([0-9a-fA-F]{64})")
-_DMZ_CLUSTER_KEYS = ("name", "accept", "members", "connect", "heartbeat-interval", "member-names", "resolve-interval")
-_DMZ_BACKPLANE_KEYS = (
-    "accept", "cert", "ca", "connectors",
-    "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max", "max-streams",
-)  # fmt: skip
-_DMZ_SERVICE_KEYS = (
-    "name", "accept", "allow-origin", "max-message-size", "ws-ping-interval", "open-timeout",
-    "cert", "type", "mode", "balance", "auth", "tokens", "client-ca",
-) + _LIMIT_KEYS  # fmt: skip
-_SERVICE_TYPES = ("tunnel", "balancer")
-_BALANCER_MODES = ("proxy", "redirect")
+#: The keys each table accepts, from the fields of its dataclass (shield.config.schema): a key is
+#: declared once, on the field it fills, in model.py.
+_DMZ_KEYS = table_keys(DmzConfig)
+_LIMIT_KEYS = table_keys(ClientLimits)
+_DMZ_CLUSTER_KEYS = table_keys(DmzCluster)
+_DMZ_BACKPLANE_KEYS = table_keys(DmzBackplane)
+_DMZ_SERVICE_KEYS = table_keys(DmzService)
+_INTERNAL_KEYS = table_keys(InternalConfig)
+_INTERNAL_BACKPLANE_KEYS = table_keys(InternalBackplane)
+_INTERNAL_SERVICE_KEYS = table_keys(InternalService)
+_HEALTH_KEYS = tuple(key for key in _INTERNAL_SERVICE_KEYS if key.startswith("health-"))
+_HEALTH_SETTINGS = tuple(key for key in _HEALTH_KEYS if key != "health-check")  # refused when off
+#: Keys that only some services may have: each must be one of its table's keys above
+#: (``_Table`` refuses to look up a key its dataclass does not declare).
 _WS_ONLY_KEYS = ("allow-origin", "max-message-size", "ws-ping-interval")
-_INTERNAL_KEYS = (
-    "name", "admin", "priority", "grace-period", "max-pending-opens", "buffer-budget", "backplane",
-    "service",
-)  # fmt: skip
-_INTERNAL_BACKPLANE_KEYS = (
-    "connect", "server-name", "links", "cert", "ca",
-    "keepalive-interval", "keepalive-misses", "stream-window", "stream-window-max",
-    "resolve-interval", "max-streams",
-)  # fmt: skip
-_HEALTH_KEYS = (
-    "health-check", "health-interval", "health-timeout", "health-rise", "health-fall", "health-path",
-    "health-status",
-)  # fmt: skip
-_HEALTH_CHECKS = ("connect", "tls", "http", "off")
 _HTTP_HEALTH_KEYS = ("health-path", "health-status")
-_INTERNAL_SERVICE_KEYS = ("name", "connect", "connect-timeout", "ca", "server-name") + _HEALTH_KEYS
 _TLS_BACKEND_KEYS = ("ca", "server-name")
+_TOKEN_HASH = re.compile(r"sha256:([0-9a-fA-F]{64})")
 
 
 # --------------------------------------------------------------------------- public API
@@ -402,15 +388,22 @@ class _Table:
         self.data: dict[str, Any] = data
         self.path = path
         self.ctx = ctx
+        self.known = known
 
     def at(self, key: str) -> str:
         return _join(self.path, key)
 
     def has(self, key: str) -> bool:
-        return key in self.data
+        return self._declared(key) in self.data
+
+    def _declared(self, key: str) -> str:
+        """``key``, which the loader may only ask for if the table's dataclass declares it."""
+        if key not in self.known:
+            raise KeyError(f"the loader reads {self.at(key)}, which no field of the model declares")
+        return key
 
     def _raw(self, key: str, default: Any, why_required: str = "") -> Any:
-        if key in self.data:
+        if self._declared(key) in self.data:
             return self.data[key]
         if default is _MISSING:
             raise ConfigError(self.at(key), "missing required key" + why_required)
@@ -469,7 +462,7 @@ class _Table:
         return parse_uri(self.string(key), schemes, self.at(key))
 
     def optional_uri(self, key: str, schemes: tuple[str, ...]) -> Uri | None:
-        return self.uri(key, schemes) if key in self.data else None
+        return self.uri(key, schemes) if self.has(key) else None
 
     def uris(self, key: str, schemes: tuple[str, ...]) -> list[tuple[Uri, str]]:
         """A list of URIs, each with its key path; the same URI twice is an error."""
@@ -504,7 +497,7 @@ class _Table:
 
     def reject_if_present(self, keys: tuple[str, ...], why: str) -> None:
         for key in keys:
-            if key in self.data:
+            if self.has(key):
                 raise ConfigError(self.at(key), why)
 
 
@@ -763,14 +756,14 @@ def _dmz_service(
     """The service, and the key path of each of its accept URIs."""
     accepts = table.uris("accept", PUBLIC_SCHEMES)
     schemes = {uri.scheme for uri, _ in accepts}
-    kind = _choice(table, "type", _SERVICE_TYPES, "tunnel")
-    if kind == "balancer":
+    kind: ServiceType = _choice(table, "type", _default(DmzService, "type"))
+    if kind is ServiceType.BALANCER:
         table.reject_if_present(
             ("balance",) + _WS_ONLY_KEYS, "not used by a balancer (the member that serves the "
             "client applies its own service's settings)"
         )  # fmt: skip
-        mode = _choice(table, "mode", _BALANCER_MODES, _default(DmzService, "mode"))
-        if mode == "redirect" and schemes - _WS_SCHEMES:
+        mode: BalancerMode = _choice(table, "mode", _default(DmzService, "mode"))
+        if mode is BalancerMode.REDIRECT and schemes - _WS_SCHEMES:
             raise ConfigError(
                 table.at("mode"), "redirect needs ws:// or wss:// accepts only (tcp:// and "
                 "tls:// clients cannot follow an HTTP redirect): use mode = \"proxy\""
@@ -829,16 +822,16 @@ def _limits(table: _Table, defaults: ClientLimits) -> ClientLimits:
     )
 
 
-def _auth(table: _Table, schemes: set[str], kind: str) -> dict[str, Any]:
+def _auth(table: _Table, schemes: set[str], kind: ServiceType) -> dict[str, Any]:
     """``auth`` with its ``tokens`` or ``client-ca``; each kind only where it can work."""
-    auth = _choice(table, "auth", _AUTH_KINDS, "none")
+    auth: AuthKind = _choice(table, "auth", _default(DmzService, "auth"))
     found: dict[str, Any] = {"auth": auth}
-    if auth != "token":
+    if auth is not AuthKind.TOKEN:
         table.reject_if_present(("tokens",), 'only used with auth = "token"')
-    if auth != "mtls":
+    if auth is not AuthKind.MTLS:
         table.reject_if_present(("client-ca",), 'only used with auth = "mtls"')
-    if auth == "token":
-        if kind == "balancer":
+    if auth is AuthKind.TOKEN:
+        if kind is ServiceType.BALANCER:
             raise ConfigError(table.at("auth"), "a balancer passes tokens on: the member's service checks them")
         if schemes - _WS_SCHEMES:
             raise ConfigError(
@@ -855,7 +848,7 @@ def _auth(table: _Table, schemes: set[str], kind: str) -> dict[str, Any]:
                 )  # fmt: skip
             hashes.append(bytes.fromhex(match.group(1)))
         found["token_hashes"] = tuple(hashes)
-    if auth == "mtls":
+    if auth is AuthKind.MTLS:
         if schemes - _TLS_PUBLIC_SCHEMES:
             raise ConfigError(
                 table.at("auth"), "client certificates need TLS: only wss:// and tls:// accepts "
@@ -865,15 +858,19 @@ def _auth(table: _Table, schemes: set[str], kind: str) -> dict[str, Any]:
     return found
 
 
-def _choice(table: _Table, key: str, choices: tuple[str, ...], default: str) -> str:
+_Choice = TypeVar("_Choice", bound=StrEnum)
+
+
+def _choice(table: _Table, key: str, default: _Choice) -> _Choice:
+    """One of the members of ``default``'s enumeration, given by its value."""
     if not table.has(key):
         return default
     value = table.string(key)
-    if value not in choices:
-        raise ConfigError(
-            table.at(key), f"must be one of {', '.join(map(repr, choices))} (got {value!r})"
-        )
-    return value
+    choices = type(default)
+    values = [member.value for member in choices]
+    if value not in values:
+        raise ConfigError(table.at(key), f"must be one of {', '.join(map(repr, values))} (got {value!r})")
+    return choices(value)
 
 
 def _balance(table: _Table, schemes: set[str]) -> tuple[Uri, ...]:
@@ -1049,15 +1046,15 @@ def _internal_service(table: _Table, name: str) -> InternalService:
 
 def _health(table: _Table, connect: Uri) -> dict[str, Any]:
     """The ``health-*`` keys of an ``[[internal.service]]`` (see shield/internal/health.py)."""
-    check = _choice(table, "health-check", _HEALTH_CHECKS, _default(InternalService, "health_check"))
-    if check == "tls" and connect.scheme != "tls":
+    check: HealthCheck = _choice(table, "health-check", _default(InternalService, "health_check"))
+    if check is HealthCheck.TLS and connect.scheme != "tls":
         raise ConfigError(
             table.at("health-check"), f"a tls check needs a tls:// backend, and this one is {connect.scheme}:"
         )
-    if check != "http":
-        table.reject_if_present(_HTTP_HEALTH_KEYS, f"only used with health-check = \"http\" (this one is {check!r})")
-    if check == "off":
-        table.reject_if_present(_HEALTH_KEYS[1:], "health checks are off (health-check = \"off\")")
+    if check is not HealthCheck.HTTP:
+        table.reject_if_present(_HTTP_HEALTH_KEYS, f"only used with health-check = \"http\" (this one is {check.value!r})")
+    if check is HealthCheck.OFF:
+        table.reject_if_present(_HEALTH_SETTINGS, "health checks are off (health-check = \"off\")")
     path = table.string("health-path") if table.has("health-path") else _default(InternalService, "health_path")
     if not path.startswith("/") or any(ch.isspace() or ord(ch) < 0x21 or ord(ch) == 0x7F for ch in path):
         raise ConfigError(table.at("health-path"), f"must be a path starting with / and without spaces (got {path!r})")

@@ -1,19 +1,58 @@
 """The validated configuration of each gateway: what the rest of shield reads, never raw TOML.
 
 Every value here has been checked by ``shield.config.loader``; paths are absolute (relative paths
-in a file are taken relative to that file's folder). Field names mirror the TOML keys with
-dashes turned into underscores.
+in a file are taken relative to that file's folder).
+
+Each field declares the TOML key it is read from, once, here (``shield.config.schema``): by
+default its name with underscores turned into dashes (``heartbeat_interval`` is
+``heartbeat-interval``); otherwise its ``metadata`` says (``key("tokens")``, ``table()``,
+``tables("service")``, ``inline("keepalive-")``, ``not_in_file()``). The loader accepts exactly
+these keys. Closed sets of strings are ``StrEnum`` classes: a member equals its plain string.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+
+from shield.config.schema import inline, key, not_in_file, table, tables
 
 #: Schemes a DMZ service may accept public clients on.
 PUBLIC_SCHEMES = ("ws", "wss", "tcp", "tls")
 #: Schemes a connector may reach a backend with.
 BACKEND_SCHEMES = ("tcp", "tls", "unix")
+
+
+class ServiceType(StrEnum):
+    """``type`` of a ``[[dmz.service]]``."""
+
+    TUNNEL = "tunnel"  # clients go to a connector
+    BALANCER = "balancer"  # clients go to a cluster member
+
+
+class BalancerMode(StrEnum):
+    """``mode`` of a balancer."""
+
+    PROXY = "proxy"  # spliced by the balancer
+    REDIRECT = "redirect"  # HTTP 302 to the member
+
+
+class AuthKind(StrEnum):
+    """``auth`` of a ``[[dmz.service]]``."""
+
+    NONE = "none"
+    TOKEN = "token"  # Bearer / access_token
+    MTLS = "mtls"  # client certificate
+
+
+class HealthCheck(StrEnum):
+    """``health-check`` of an ``[[internal.service]]``."""
+
+    CONNECT = "connect"
+    TLS = "tls"  # tls:// backends only
+    HTTP = "http"
+    OFF = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,17 +102,19 @@ class DmzService:
     ws_ping_interval: float = 30.0
     open_timeout: float = 10.0
     cert: Path | None = None  # required when accept has wss:// or tls://
-    type: str = "tunnel"  # "tunnel" (clients go to a connector) or "balancer" (to a cluster member)
-    mode: str = "proxy"  # balancers only: "redirect" (HTTP 302) or "proxy" (spliced by the balancer)
+    type: ServiceType = ServiceType.TUNNEL
+    mode: BalancerMode = BalancerMode.PROXY  # balancers only
     balance: tuple[Uri, ...] = ()  # tunnels only: balancer accepts that may send clients here
-    auth: str = "none"  # "none", "token" (Bearer / access_token) or "mtls" (client certificate)
-    token_hashes: tuple[bytes, ...] = ()  # SHA-256 digests of the accepted tokens (auth = "token")
+    auth: AuthKind = AuthKind.NONE
+    # SHA-256 digests of the accepted tokens (auth = "token"), from the key tokens
+    token_hashes: tuple[bytes, ...] = field(default=(), metadata=key("tokens"))
     client_ca: Path | None = None  # CA of client certificates (auth = "mtls")
-    limits: ClientLimits = ClientLimits()
+    # max-connections, ... in the service's own table
+    limits: ClientLimits = field(default=ClientLimits(), metadata=inline())
 
     @property
     def is_balancer(self) -> bool:
-        return self.type == "balancer"
+        return self.type == ServiceType.BALANCER
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +135,9 @@ class DmzBackplane:
     accept: Uri
     cert: Path
     ca: Path
+    # [dmz.backplane.connectors]: identity -> the services it may offer (read whole, as a value)
     connectors: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    keepalive: KeepaliveSettings = KeepaliveSettings()
+    keepalive: KeepaliveSettings = field(default=KeepaliveSettings(), metadata=inline("keepalive-"))
     stream_window: int = 262144
     stream_window_max: int = 4194304  # a stream whose reader keeps up may grow its window to this
     max_streams: int = 16384  # open streams per link
@@ -104,25 +146,27 @@ class DmzBackplane:
 @dataclass(frozen=True, slots=True)
 class DmzConfig:
     name: str
-    backplane: DmzBackplane
-    services: tuple[DmzService, ...]
+    backplane: DmzBackplane = field(metadata=table())
+    services: tuple[DmzService, ...] = field(metadata=tables("service"))  # [[dmz.service]]
     admin: Uri | None = None
     grace_period: float = 30.0
     open_timeout: float = 10.0
-    cluster: DmzCluster | None = None
-    limits: ClientLimits = ClientLimits(max_connections=50000)  # the whole gateway
+    cluster: DmzCluster | None = field(default=None, metadata=table())
+    # the whole gateway
+    limits: ClientLimits = field(default=ClientLimits(max_connections=50000), metadata=table())
     buffer_budget: int = 268435456  # tunnel data held in stream buffers (or lent as window), at most
-    source: Path | None = None
+    source: Path | None = field(default=None, metadata=not_in_file())  # the file it was read from
 
 
-@dataclass(frozen=True, slots=True)
+# kw_only: links comes before the required cert and ca, the order of the keys in a file.
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InternalBackplane:
     connect: tuple[Uri, ...]
     server_name: str
+    links: int = 2
     cert: Path
     ca: Path
-    links: int = 2
-    keepalive: KeepaliveSettings = KeepaliveSettings()
+    keepalive: KeepaliveSettings = field(default=KeepaliveSettings(), metadata=inline("keepalive-"))
     stream_window: int = 262144
     stream_window_max: int = 4194304  # a stream whose reader keeps up may grow its window to this
     resolve_interval: float = 30.0  # seconds between DNS look-ups of connect host names
@@ -136,7 +180,7 @@ class InternalService:
     connect_timeout: float = 5.0  # below the DMZ's open-timeout (10), so another connector can be tried
     ca: Path | None = None  # for tls:// backends; None means the system's trust store
     server_name: str | None = None  # for tls:// backends; defaults to the URI's host
-    health_check: str = "connect"  # "connect", "tls" (tls:// backends), "http", or "off"
+    health_check: HealthCheck = HealthCheck.CONNECT
     health_interval: float = 2.0  # seconds between active checks
     health_timeout: float = 2.0  # seconds a check may take
     health_rise: int = 2  # consecutive successes that bring a down backend back
@@ -148,11 +192,11 @@ class InternalService:
 @dataclass(frozen=True, slots=True)
 class InternalConfig:
     name: str
-    backplane: InternalBackplane
-    services: tuple[InternalService, ...]
+    backplane: InternalBackplane = field(metadata=table())
+    services: tuple[InternalService, ...] = field(metadata=tables("service"))  # [[internal.service]]
     admin: Uri | None = None
     priority: int = 100
     grace_period: float = 30.0
     max_pending_opens: int = 256  # stream opens waiting for a backend, per DMZ link
     buffer_budget: int = 268435456  # tunnel data held in stream buffers (or lent as window), at most
-    source: Path | None = None
+    source: Path | None = field(default=None, metadata=not_in_file())  # None: not from a file
