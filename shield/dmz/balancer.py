@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IProtocol
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
@@ -63,8 +63,17 @@ class BalancerFront:
         self.clock = gate.clock
         self.local = local  # (service, kind, client address) -> protocol serving it here, or None
         self.relays: set[Relay] = set()
+        self._idle_waiters: list[Deferred[None]] = []
         self._to_backend = metrics.byte_tally(self.name, TO_BACKEND)
         self._to_client = metrics.byte_tally(self.name, TO_CLIENT)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no client spliced by this balancer is open (at once if none is)."""
+        if not self.relays:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
 
     def candidates(self, accept: Uri, exclude: set[str | None]) -> list[Candidate]:
         return self.node.candidates(accept, exclude)
@@ -84,6 +93,10 @@ class BalancerFront:
         def finished(reason: str) -> None:
             if holder:
                 self.relays.discard(holder[0])
+                if not self.relays:
+                    waiters, self._idle_waiters = self._idle_waiters, []
+                    for waiter in waiters:
+                        waiter.callback(None)
 
         relay = stream.join(lambda side: Relay(client, side, self._to_backend, self._to_client, finished))
         if not relay.finished:

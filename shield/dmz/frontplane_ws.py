@@ -29,7 +29,7 @@ from zope.interface import implementer
 from shield.addresses import describe_address, host_of
 from shield.config.model import DmzService
 from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, finish
-from shield.ops.http import http_response
+from shield.ops.http import http_response, status_phrase
 from shield.dmz.auth import check_client_certificate, check_token
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
@@ -287,7 +287,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """A plain-text error with the reason as its one-line body (Autobahn sends no body)."""
-        self.sendData(http_response(code, reason, tuple(responseHeaders or ())))
+        self.sendData(http_response(code, reason or status_phrase(code), tuple(responseHeaders or ())))
 
 
 class PublicWebSocketFactory(WebSocketServerFactory):

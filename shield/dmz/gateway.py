@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import signal
 from functools import partial
 from pathlib import Path
-from collections import defaultdict
 from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from twisted.internet.interfaces import IAddress, IProtocol
@@ -27,21 +23,22 @@ from shield.config.loader import load_dmz_config
 from shield.dmz.backplane import BackplaneFactory, allowed_services, known_identity_check
 from shield.dmz.admission import ClientGate
 from shield.dmz.auth import client_certificate_verifier
-from shield.dmz.balancer import BalancedHttpFactory, BalancedTcpFactory, BalancerFront
-from shield.dmz.frontplane_tcp import PublicTcpFactory, PublicTcpProtocol
-from shield.dmz.frontplane_ws import balanced_site, nvx_in_use, websocket_site
+from shield.dmz.listeners import Listener, PublicPorts, plan
+from shield.dmz.balancer import BalancerFront
+from shield.dmz.frontplane_tcp import PublicTcpProtocol
+from shield.dmz.frontplane_ws import balanced_site, nvx_in_use
 from shield.dmz.links import LinkRegistry
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import TunnelOpener
-from shield.reactor import describe as describe_reactor
 from shield.mux.budget import BufferBudget
 from shield.net import tcp_server_endpoint
 from shield.ops.admin import admin_site
-from shield.ops.drain import raise_file_limit, drain_links, exit_cleanly_after_drain, fatal
+from shield.ops.drain import drain_links, exit_cleanly_after_drain
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.tls.transport import LinkTLSFactory
 from shield.transports import IGatewayReactor
+from shield.ops.lifecycle import checked_reload, start_gateway
 from shield.tls.contexts import (
     MemberConnectionCreator,
     ServerTLSContext,
@@ -95,9 +92,7 @@ class DmzGateway(Service):
         self.backplane_tls = ReloadableServerTLS(material.backplane)
         self.public_tls = material.public
         self.cluster_tls = (ReloadableServerTLS(material.cluster[0]), ReloadableClientTLS(material.cluster[1])) if material.cluster else None
-        self.frontplane_ports: dict[tuple[str, str, int], IListeningPort] = {}
-        #: The factory each public port listens with: a reload swaps what it delegates to.
-        self.port_factories: dict[tuple[str, str, int], PortFactory] = {}
+        self.public = PublicPorts(reactor, config.name)
         if config.cluster is not None:
             self.node = self._cluster_node(config)
             node = self.node
@@ -149,11 +144,7 @@ class DmzGateway(Service):
 
     def startService(self) -> None:
         super().startService()
-        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
-        limit = raise_file_limit(log)
-        log.info("open-files limit: {limit}; reactor: {reactor}", limit=limit, reactor=describe_reactor(self.reactor))
-        self._started = self._listen_all()
-        self._started.addErrback(fatal, self.reactor, "shield-dmz could not start")
+        self._started = start_gateway("shield-dmz", self.reactor, log, self.reload, self._listen_all)
 
     @inlineCallbacks
     def _listen_all(self):
@@ -164,13 +155,7 @@ class DmzGateway(Service):
         yield self._listen([(config.backplane.accept, backplane, "backplane")])
         if self.node is not None:
             yield self.node.settled()  # connectors link meanwhile: the backplane is up
-        for uri, factory, what in self._frontplane_listeners():
-            key = (uri.scheme, uri.host, uri.port)
-            delegate = self.port_factories[key] = PortFactory(factory)
-            port = yield tcp_server_endpoint(self.reactor, uri).listen(delegate)
-            self.ports.append(port)
-            self.frontplane_ports[key] = port
-            log.info("dmz {name}: {what} listening on {uri}", name=config.name, what=what, uri=str(uri))
+        yield self.public.open_all(self._plan())
         if config.admin is not None:
             self.admin_port = yield tcp_server_endpoint(self.reactor, config.admin).listen(
                 admin_site(self.readiness, self.metrics.registry)
@@ -188,59 +173,8 @@ class DmzGateway(Service):
             self.ports.append(port)
             log.info("dmz {name}: {what} listening on {uri}", name=self.config.name, what=what, uri=str(uri))
 
-    def _frontplane_listeners(self) -> list[tuple[Uri, IProtocolFactory, str]]:
-        """Group accepts by listener: WebSocket services on one host:port share a site."""
-        websocket_routes: dict[tuple[str, str, int], list] = defaultdict(list)
-        balancer_routes: dict[tuple[str, str, int], dict[str, tuple[BalancerFront, Uri]]] = defaultdict(dict)
-        tls_certs: dict[tuple[str, str, int], ServerTLSContext] = {}
-        listeners: list[tuple[Uri, IProtocolFactory, str]] = []
-        for service in self.config.services:
-            if service.is_balancer:
-                listeners += self._balancer_listeners(service.name, balancer_routes, tls_certs)
-                continue
-            front = self.fronts[service.name]
-            for uri in service.accept:
-                key = (uri.scheme, uri.host, uri.port)
-                if uri.scheme in ("ws", "wss"):
-                    websocket_routes[key].append((uri.path or "/", front, str(uri)))
-                    if uri.scheme == "wss":
-                        tls_certs[key] = self.public_tls[service.name]
-                elif uri.scheme == "tcp":
-                    listeners.append((uri, PublicTcpFactory(front, "tcp"), f"service {service.name} (tcp)"))
-                else:
-                    tls = TLSMemoryBIOFactory(self.public_tls[service.name], False, PublicTcpFactory(front, "tls"))
-                    listeners.append((uri, tls, f"service {service.name} (tls)"))
-        for key in sorted(set(websocket_routes) | set(balancer_routes)):
-            scheme, host, port = key
-            routes = websocket_routes.get(key, [])
-            plain = websocket_site(routes, self.gate) if routes else None
-            names = sorted({front.name for _, front, _ in routes})
-            site: IProtocolFactory | None = plain
-            if key in balancer_routes:
-                names += sorted({front.name for front, _ in balancer_routes[key].values()})
-                site = BalancedHttpFactory(balancer_routes[key], plain, self.gate)
-            assert site is not None
-            factory: IProtocolFactory = site
-            if scheme == "wss":
-                factory = TLSMemoryBIOFactory(tls_certs[key], False, site)
-            listeners.append((Uri(scheme, host, port), factory, f"service {', '.join(names)} ({scheme})"))
-        return listeners
-
-    def _balancer_listeners(self, name: str, routes: dict, tls_certs: dict) -> list[tuple[Uri, IProtocolFactory, str]]:
-        front = self.balancers[name]
-        listeners: list[tuple[Uri, IProtocolFactory, str]] = []
-        for uri in front.config.accept:
-            key = (uri.scheme, uri.host, uri.port)
-            if uri.scheme in ("ws", "wss"):
-                routes[key][uri.path or "/"] = (front, uri)
-                if uri.scheme == "wss":
-                    tls_certs[key] = self.public_tls[name]
-                continue
-            factory: IProtocolFactory = BalancedTcpFactory(front, uri)
-            if uri.scheme == "tls":
-                factory = TLSMemoryBIOFactory(self.public_tls[name], False, factory)
-            listeners.append((uri, factory, f"balancer {name} ({uri.scheme}, {front.config.mode})"))
-        return listeners
+    def _plan(self) -> list[Listener]:
+        return plan(self.config.services, self.fronts, self.balancers, self.public_tls, self.gate)
 
     # -- cluster member (shield.cluster.node.LocalMember) -------------------------------------------
 
@@ -302,7 +236,7 @@ class DmzGateway(Service):
             log.info("dmz {name}: draining: telling cluster peers", name=self.config.name)
             yield self.node.announce_draining()
         log.info("dmz {name}: draining: no new clients, {n} tunnels open", name=self.config.name, n=self.open_tunnels())
-        yield DeferredList([port.stopListening() for port in self.ports], consumeErrors=True)
+        yield DeferredList([port.stopListening() for port in self.ports] + [self.public.close_all()], consumeErrors=True)
         self.ports.clear()
         started = self.reactor.seconds()
         yield drain_links(
@@ -317,30 +251,33 @@ class DmzGateway(Service):
         exit_cleanly_after_drain(self.reactor)
 
     def _balanced_clients_done(self, grace: float) -> Deferred[None]:
-        """Clients this balancer spliced to peers finish, or are cut when the grace period ends."""
+        """Clients this balancer spliced to peers finish, or are cut when the grace period ends.
+
+        Fired by the balancers when their last client ends (``when_idle``), or by the clock: at
+        the end of ``grace`` the clients are told to close, and CLOSE_LINGER later the wait ends
+        whatever the members did (their links close under the clients).
+        """
         done: Deferred[None] = Deferred()
-        deadline = self.reactor.seconds() + max(0.0, grace)
+        idle = DeferredList([front.when_idle() for front in self.balancers.values()], consumeErrors=True)
 
-        ending: list[bool] = []
-
-        def check() -> None:
-            relays = [relay for front in self.balancers.values() for relay in front.relays]
-            if not relays:
+        def finish(_: object = None) -> None:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            if not done.called:
                 done.callback(None)
-            elif self.reactor.seconds() >= deadline + CLOSE_LINGER:
-                done.callback(None)  # the member never answered: the link closes under them
-            elif self.reactor.seconds() >= deadline and not ending:
-                # The client's WebSocket session lives on the member that serves it, so only that
-                # member can say goodbye: end the client's input there, and it closes with 1001.
-                ending.append(True)
-                log.warn("grace period over: closing {n} balanced clients", n=len(relays))
-                for relay in relays:
-                    relay.eof(relay.sides[0])
-                self.reactor.callLater(0.05, check)
-            else:
-                self.reactor.callLater(0.05, check)
 
-        check()
+        def close_them() -> None:
+            # The client's WebSocket session lives on the member that serves it, so only that
+            # member can say goodbye: end the client's input there, and it closes with 1001.
+            relays = [relay for front in self.balancers.values() for relay in front.relays]
+            log.warn("grace period over: closing {n} balanced clients", n=len(relays))
+            for relay in relays:
+                relay.eof(relay.sides[0])
+
+        grace = max(0.0, grace)
+        timers = [self.reactor.callLater(grace, close_them), self.reactor.callLater(grace + CLOSE_LINGER, finish)]
+        idle.addCallback(finish)
         return done
 
     # -- reload (SIGHUP) ------------------------------------------------------------------------
@@ -357,18 +294,17 @@ class DmzGateway(Service):
         source = self.config.source
         if source is None or self.draining:
             return
-        try:
+        def load() -> tuple[DmzConfig, _TLSMaterial]:
             new = load_dmz_config(source)
             fixed = _restart_only_changes(self.config, new)
             if fixed:
                 raise ConfigError("", f"{'; '.join(fixed)} (restart the gateway for that)")
-            material = self._tls_material(new)
-        except ConfigError as error:
-            log.error("reload refused, the running configuration stays: {problem}", problem=error.describe() if error.file else f"{source}: {error}")
+            return new, self._tls_material(new)
+
+        loaded = checked_reload(str(source), log, load)
+        if loaded is None:
             return
-        except Exception as error:  # a certificate that does not load, say
-            log.error("reload refused, the running configuration stays: {source}: {problem}", source=str(source), problem=str(error))
-            return
+        new, material = loaded
         old = self.config
         self.config = new
         self.backplane.config = new
@@ -384,7 +320,7 @@ class DmzGateway(Service):
         self.registry.changed()
         if self.node is not None and new.cluster is not None:
             self.node.reconfigure(new.cluster)
-        self._apply_listeners()
+        self.public.apply(self._plan())
         log.info(
             "reloaded {source}: services added: {added}; removed: {removed}; changed: {changed}; "
             "{n} connectors listed; certificates and keys reloaded for new handshakes",
@@ -417,38 +353,6 @@ class DmzGateway(Service):
         self.fronts, self.balancers = fronts, balancers
         self._balanced_sites.clear()
         return added, removed, changed
-
-    def _apply_listeners(self) -> None:
-        """Give each public port the factory of the new configuration; open new ports, close
-        ports no service uses any more. A port that stays keeps its socket: no client is refused
-        while it changes hands, and open connections keep the protocol they have."""
-        plan = {(uri.scheme, uri.host, uri.port): (uri, factory, what) for uri, factory, what in self._frontplane_listeners()}
-        for key in list(self.frontplane_ports):
-            if key not in plan:
-                port = self.frontplane_ports.pop(key)
-                self.port_factories.pop(key, None)
-                self.ports.remove(port)
-                port.stopListening()
-                log.info("dmz {name}: stopped listening on {scheme}://{host}:{port}", name=self.config.name, scheme=key[0], host=key[1], port=key[2])
-        for key, (uri, factory, what) in plan.items():
-            kept = self.port_factories.get(key)
-            if kept is not None:
-                kept.swap(factory)
-                continue
-            self._open(key, uri, factory, what)
-
-    def _open(self, key: tuple[str, str, int], uri: Uri, factory: IProtocolFactory, what: str) -> None:
-        def listening(port: IListeningPort) -> None:
-            self.ports.append(port)
-            self.frontplane_ports[key] = port
-            log.info("dmz {name}: {what} listening on {uri}", name=self.config.name, what=what, uri=str(uri))
-
-        def failed(failure: object) -> None:
-            self.port_factories.pop(key, None)
-            log.error("dmz {name}: cannot listen on {uri}: {why}", name=self.config.name, uri=str(uri), why=getattr(failure, "getErrorMessage", str)())
-
-        delegate = self.port_factories[key] = PortFactory(factory)
-        tcp_server_endpoint(self.reactor, uri).listen(delegate).addCallbacks(listening, failed)
 
     # -- state for ops --------------------------------------------------------------------------
 
@@ -490,32 +394,6 @@ class _TLSMaterial:
     backplane: ServerTLSContext
     public: dict[str, ServerTLSContext]
     cluster: tuple[ServerTLSContext, MemberConnectionCreator] | None
-
-
-class PortFactory(Factory):
-    """What a public port listens with, for the life of its socket: a reload gives it the new
-    configuration's factory (``swap``), so the port keeps its socket and no client is refused
-    while the configuration changes hands; connections made before keep their protocols."""
-
-    noisy = False
-
-    def __init__(self, current: IProtocolFactory) -> None:
-        self.current = current
-
-    def swap(self, new: IProtocolFactory) -> None:
-        new.doStart()
-        old, self.current = self.current, new
-        old.doStop()
-
-    def buildProtocol(self, addr: IAddress | None) -> IProtocol | None:  # type: ignore[override]  # whatever the delegate makes
-        assert addr is not None, "a listening port names the peer"
-        return self.current.buildProtocol(addr)
-
-    def startFactory(self) -> None:
-        self.current.doStart()
-
-    def stopFactory(self) -> None:
-        self.current.doStop()
 
 
 def _public_context(cert: Path, client_ca: Path | None) -> ServerTLSContext:

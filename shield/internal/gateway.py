@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import signal
 
 from typing import Callable
 
@@ -24,11 +23,10 @@ from shield.dns import Change, Discovery, resolve
 from shield.internal.health import HealthBoard
 from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label
 from shield.config.mux import mux_config_for
-from shield.reactor import describe as describe_reactor
 from shield.mux.budget import BufferBudget
 from shield.net import is_ipv4, is_ipv6, tcp_server_endpoint
 from shield.ops.admin import admin_site
-from shield.ops.drain import raise_file_limit, exit_cleanly_after_drain, fatal
+from shield.ops.drain import exit_cleanly_after_drain
 from shield.ops.metrics import Metrics
 from shield.tap.common import tls_material
 from shield.config.errors import ConfigError
@@ -37,6 +35,7 @@ from shield.config.loader import load_internal_config
 from shield.tls.contexts import ReloadableClientTLS, backend_client_options, backplane_client_options
 from shield.tls.identity import certificate_identity
 from shield.transports import IGatewayReactor
+from shield.ops.lifecycle import checked_reload, start_gateway
 
 log = Logger(namespace="shield.internal")
 
@@ -77,11 +76,7 @@ class InternalGateway(Service):
 
     def startService(self) -> None:
         super().startService()
-        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
-        limit = raise_file_limit(log)
-        log.info("open-files limit: {limit}; reactor: {reactor}", limit=limit, reactor=describe_reactor(self.reactor))
-        self._started = self._start()
-        self._started.addErrback(fatal, self.reactor, "shield-internal could not start")
+        self._started = start_gateway("shield-internal", self.reactor, log, self.reload, self._start)
 
     @inlineCallbacks
     def _start(self):
@@ -139,7 +134,7 @@ class InternalGateway(Service):
         if source is None and not configured_by_environment():
             return
         what = str(source) if source is not None else "the environment"
-        try:
+        def load() -> tuple[InternalConfig, object]:
             # From the environment, a reload rereads the certificate files (a rotated Secret); the
             # variables themselves cannot change in a running process.
             new = load_internal_config(source) if source is not None else internal_config_from_environment()
@@ -150,13 +145,12 @@ class InternalGateway(Service):
                 fixed.append("internal.admin changed")
             if fixed:
                 raise ConfigError("", f"{'; '.join(fixed)} (restart the connector for that)")
-            options = _tls_material(new)
-        except ConfigError as error:
-            log.error("reload refused, the running configuration stays: {problem}", problem=error.describe() if error.file else f"{what}: {error}")
+            return new, _tls_material(new)
+
+        loaded = checked_reload(what, log, load)
+        if loaded is None:
             return
-        except Exception as error:
-            log.error("reload refused, the running configuration stays: {source}: {problem}", source=what, problem=str(error))
-            return
+        new, options = loaded
         old, self.config = self.config, new
         self.tls_options.current = options
         self.mux_config = mux_config_for(new.backplane)

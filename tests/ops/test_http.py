@@ -18,9 +18,9 @@ def test_a_refusal_is_a_whole_plain_text_answer_with_its_reason() -> None:
 
 
 def test_phrases_headers_and_the_codes_twisted_lacks() -> None:
-    assert http_response(426).startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
-    assert http_response(426).endswith(b"\r\n\r\nUpgrade Required\n")
+    assert http_response(426, "use a WebSocket client").startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
     redirect = http_response(302, headers=(("Location", "ws://10.0.0.2:8080/echo"),))
     assert b"\r\nLocation: ws://10.0.0.2:8080/echo\r\n" in redirect
+    assert redirect.endswith(b"\r\nContent-Length: 0\r\nConnection: close\r\nLocation: ws://10.0.0.2:8080/echo\r\n\r\n")
     assert http_response(599).startswith(b"HTTP/1.1 599 Error\r\n")
     assert http_response(400, "naïve").endswith("naïve\n".encode())
