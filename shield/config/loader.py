@@ -48,6 +48,7 @@ from shield.config.model import (
 )
 from shield.config.schema import table_keys
 from shield.config.uris import is_host_name, parse_uri
+from shield.mux.frames import INITIAL_WINDOW, MAX_WINDOW
 from shield.names import NAME_RULE, is_name
 
 __all__ = [
@@ -72,8 +73,8 @@ MAX_STREAMS = 1 << 20
 MIN_BUFFER_BUDGET = 1 << 20
 MAX_BUFFER_BUDGET = 1 << 40
 #: The yamux window bounds, as in ``shield.mux.frames``: 256 KiB is the protocol's initial window.
-MIN_STREAM_WINDOW = 256 * 1024
-MAX_STREAM_WINDOW = 16 * 1024 * 1024
+MIN_STREAM_WINDOW = INITIAL_WINDOW  # the protocol's bounds (yamux: the initial and largest window)
+MAX_STREAM_WINDOW = MAX_WINDOW
 #: Longest string ``${}`` expansion may produce: properties built from properties could otherwise
 #: double at each step and exhaust memory.
 MAX_EXPANDED_LENGTH = 65536

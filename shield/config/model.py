@@ -18,6 +18,11 @@ from pathlib import Path
 
 from shield.config.schema import inline, key, not_in_file, table, tables
 
+#: Link defaults, the same on both ends of a backplane link (docs/configuration.md).
+STREAM_WINDOW = 256 * 1024  # the receive window a stream grants at first
+STREAM_WINDOW_MAX = 4 * 1024 * 1024  # a stream whose reader keeps up may grow its window to this
+MAX_STREAMS = 16384  # open streams per link
+
 #: Schemes a DMZ service may accept public clients on.
 PUBLIC_SCHEMES = ("ws", "wss", "tcp", "tls")
 #: Schemes a connector may reach a backend with.
@@ -138,9 +143,9 @@ class DmzBackplane:
     # [dmz.backplane.connectors]: identity -> the services it may offer (read whole, as a value)
     connectors: dict[str, tuple[str, ...]] = field(default_factory=dict)
     keepalive: KeepaliveSettings = field(default=KeepaliveSettings(), metadata=inline("keepalive-"))
-    stream_window: int = 262144
-    stream_window_max: int = 4194304  # a stream whose reader keeps up may grow its window to this
-    max_streams: int = 16384  # open streams per link
+    stream_window: int = STREAM_WINDOW
+    stream_window_max: int = STREAM_WINDOW_MAX
+    max_streams: int = MAX_STREAMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +172,10 @@ class InternalBackplane:
     cert: Path
     ca: Path
     keepalive: KeepaliveSettings = field(default=KeepaliveSettings(), metadata=inline("keepalive-"))
-    stream_window: int = 262144
-    stream_window_max: int = 4194304  # a stream whose reader keeps up may grow its window to this
+    stream_window: int = STREAM_WINDOW
+    stream_window_max: int = STREAM_WINDOW_MAX
     resolve_interval: float = 30.0  # seconds between DNS look-ups of connect host names
-    max_streams: int = 16384  # open streams per link
+    max_streams: int = MAX_STREAMS
 
 
 @dataclass(frozen=True, slots=True)
