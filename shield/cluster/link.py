@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.refusal import Refusal, RefusedError
 from shield.cluster.messages import (
     ClusterWireError,
     ForwardReply,
@@ -275,11 +276,8 @@ class ForwardStream(RelayedProtocol):
         return message or "closed"
 
 
-class ForwardFailed(Exception):
+class ForwardFailed(RefusedError):
     """A member did not take a forwarded client; ``retry`` says another member may."""
 
     def __init__(self, status: int, reason: str, retry: bool) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.retry = retry
+        super().__init__(Refusal(status, "forward_failed", reason), retry)

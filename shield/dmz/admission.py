@@ -12,13 +12,13 @@ from collections.abc import Hashable
 
 import weakref
 from collections import Counter
-from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from shield.refusal import Refusal
 from shield.config.model import ClientLimits
 from shield.ops.metrics import Metrics
 from shield.tls.transport import handshake_pending
@@ -32,11 +32,6 @@ log = Logger(namespace="shield.dmz.admission")
 LOG_EVERY = 1.0
 
 
-@dataclass(frozen=True)
-class Refusal:
-    status: int  # HTTP status for a WebSocket client
-    limit: str  # metric label
-    reason: str  # one line, for the client and the log
 
 
 class Ticket:
@@ -126,9 +121,9 @@ class ClientGate:
         return Ticket(release)
 
     def _refused(self, service: str, refusal: Refusal, host: str) -> None:
-        self.metrics.refusals.labels(service=service, limit=refusal.limit).inc()
+        self.metrics.refusals.labels(service=service, limit=refusal.label).inc()
         where = f" -> {service}" if service else ""
-        self.note(service, refusal.limit, f"client {host}{where}: refused ({refusal.status}): {refusal.reason}")
+        self.note(service, refusal.label, f"client {host}{where}: refused ({refusal.status}): {refusal.reason}")
 
     def note(self, service: str, limit: str, line: str) -> None:
         """Log a refusal: the first at once; under a flood, one line a second with the count."""

@@ -12,22 +12,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import weakref
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 from OpenSSL import SSL, crypto
 
+from shield.refusal import Refusal  # 401: no credentials; 403: credentials refused
 from shield.config.model import DmzService
 from shield.tls.contexts import verify_error_text
 from shield.tls.identity import identity_from_certificate
 from shield.tls.transport import tls_layer
 
 
-@dataclass(frozen=True)
-class Denied:
-    status: int  # 401: no credentials; 403: credentials refused
-    label: str  # metric reason
-    reason: str  # for the client and the log: never contains the token
 
 
 def presented_token(headers: Mapping[str, str], params: Mapping[str, list[str]]) -> str | None:
@@ -52,12 +47,12 @@ def token_accepted(token: str, hashes: tuple[bytes, ...]) -> bool:
     return accepted
 
 
-def check_token(service: DmzService, headers: Mapping[str, str], params: Mapping[str, list[str]]) -> Denied | None:
+def check_token(service: DmzService, headers: Mapping[str, str], params: Mapping[str, list[str]]) -> Refusal | None:
     token = presented_token(headers, params)
     if token is None:
-        return Denied(401, "unauthorized", f"service {service.name!r} needs a token (Authorization: Bearer, or access_token)")
+        return Refusal(401, "unauthorized", f"service {service.name!r} needs a token (Authorization: Bearer, or access_token)")
     if token == "" or not token_accepted(token, service.token_hashes):
-        return Denied(401, "bad_token", f"token refused for service {service.name!r}")
+        return Refusal(401, "bad_token", f"token refused for service {service.name!r}")
     return None
 
 
@@ -88,7 +83,7 @@ def client_certificate_verifier() -> Any:
     return verify
 
 
-def check_client_certificate(service: DmzService, transport: Any) -> Denied | None:
+def check_client_certificate(service: DmzService, transport: Any) -> Refusal | None:
     """For ``auth = "mtls"``: a certificate from the service's client CA, verified.
 
     A client a balancer forwarded arrives on a cluster stream; the balancer verified it against
@@ -105,10 +100,10 @@ def check_client_certificate(service: DmzService, transport: Any) -> Denied | No
         except Exception:
             cert = None
     if cert is None:
-        return Denied(401, "no_client_certificate", f"service {service.name!r} needs a client certificate")
+        return Refusal(401, "no_client_certificate", f"service {service.name!r} needs a client certificate")
     why = _refused_certificates.get(tls)
     if why is not None:
-        return Denied(403, "bad_client_certificate", f"client certificate refused: {why}")
+        return Refusal(403, "bad_client_certificate", f"client certificate refused: {why}")
     return None
 
 

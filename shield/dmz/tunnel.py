@@ -7,7 +7,6 @@ HTTP status and the one-line reason the public client and the log will see.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from twisted.internet.protocol import connectionDone
@@ -15,6 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from shield.refusal import Refusal, RefusedError
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
 from shield.mux.budget import BufferBudget
@@ -22,16 +22,11 @@ from shield.mux.errors import MuxError
 from shield.relay import Relay, RelayedProtocol, Side
 
 
-@dataclass(frozen=True)
-class OpenFailed(Exception):
+class OpenFailed(RefusedError):
     """Why a tunnel could not be opened: ``status`` is the HTTP code, ``label`` the metric reason."""
 
-    status: int
-    label: str
-    reason: str
-
-    def __str__(self) -> str:
-        return self.reason
+    def __init__(self, status: int, label: str, reason: str) -> None:
+        super().__init__(Refusal(status, label, reason))
 
 
 _STATUS_FOR_REPLY = {
