@@ -11,24 +11,29 @@ The gateway behind each node is ``Local``, a small ``LocalMember`` (shield/clust
 
 from __future__ import annotations
 
-import datetime
 import functools
-from typing import Any, Iterator, cast
+from typing import Any, cast
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dmz"))
+import dmz_world_inprocess  # noqa: E402
+
+LogLines = dmz_world_inprocess.LogLines  # one log capture for both worlds
+capture_log = dmz_world_inprocess.capture_log
+certificate = dmz_world_inprocess.certificate
 
 from shield.cluster.link import MemberLinkProtocol
 from shield.cluster.messages import ForwardReply, ForwardRequest, ServiceState
@@ -42,19 +47,6 @@ BALANCER = Uri("tcp", "0.0.0.0", 8000)
 
 
 @functools.lru_cache(maxsize=None)
-def certificate(identity: str) -> x509.Certificate:
-    """A self-signed certificate whose subject CN is ``identity`` (the node reads only that)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-
-
 class CertifiedTransport(iosim.FakeTransport):
     """iosim's transport, with the peer's certificate, TCP's close (writes made before the close is
     carried out still go out; an abort drops them) and a switch to stop the bytes (a partition)."""
@@ -272,22 +264,3 @@ class Pipe(StringTransport):
         return False
 
 
-class LogLines:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if str(event.get("log_namespace", "")).startswith("shield"):
-            self.lines.append(formatEvent(event))
-
-    def having(self, text: str) -> list[str]:
-        return [line for line in self.lines if text in line]
-
-
-def capture_log() -> Iterator[LogLines]:
-    lines = LogLines()
-    globalLogPublisher.addObserver(cast(Any, lines))
-    try:
-        yield lines
-    finally:
-        globalLogPublisher.removeObserver(cast(Any, lines))
