@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.deadline import Deadline
 from shield.refusal import Refusal, RefusedError
 from shield.cluster.messages import (
     ClusterWireError,
@@ -59,7 +60,7 @@ class MemberLinkProtocol(MuxProtocol):
         self.peer_host = peer_host or endpoint  # the key of its rate-limited log lines
         self.peer_name: str | None = None
         self.heartbeats_out: MuxStream | None = None
-        self._handshake_timer: IDelayedCall | None = None
+        self._handshake_deadline = Deadline(node.clock)
         self.up_since: float | None = None
 
     keepalive_after_handshake = True
@@ -67,17 +68,14 @@ class MemberLinkProtocol(MuxProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         set_no_delay(self.transport)
-        self._handshake_timer = self.node.clock.callLater(HANDSHAKE_TIMEOUT, self._no_handshake)
+        self._handshake_deadline.start(HANDSHAKE_TIMEOUT, self._no_handshake)
 
     def _no_handshake(self) -> None:
-        self._handshake_timer = None
         self.abort(f"no TLS handshake within {HANDSHAKE_TIMEOUT:g} s")
 
     def handshakeCompleted(self) -> None:
         self.start_keepalive()
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        self._handshake_deadline.cancel()
         name = peer_identity(self.transport)
         if name is None or not self.node.link_ready(self, name):
             self._close_transport()
@@ -99,9 +97,7 @@ class MemberLinkProtocol(MuxProtocol):
             stream.write(encode(heartbeat.to_json()))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        self._handshake_deadline.cancel()
         never_up = self.peer_name is None
         ours = self._close_reason  # set when this side cut the link, with why
         super().connectionLost(reason)
@@ -205,22 +201,19 @@ class ForwardStream(RelayedProtocol):
         self.answered: Deferred[ForwardStream] = Deferred()
         self._timeout = timeout
         self._clock = clock
-        self._timer: IDelayedCall | None = None
+        self._answer_deadline = Deadline(clock)
         self._decoder = MessageDecoder()
 
     def connectionMade(self) -> None:
         self.transport.write(encode(self.request.to_json()))
-        self._timer = self._clock.callLater(self._timeout, self._timed_out)
+        self._answer_deadline.start(self._timeout, self._timed_out)
 
     def _timed_out(self) -> None:
-        self._timer = None
         self._fail(ForwardFailed(504, f"member {self.member!r} did not answer within {self._timeout:g} s", retry=True))
         self.transport.abortConnection()
 
     def _fail(self, problem: "ForwardFailed") -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._answer_deadline.cancel()
         if not self.answered.called:
             self.answered.errback(problem)
 
@@ -246,9 +239,7 @@ class ForwardStream(RelayedProtocol):
             self._fail(ForwardFailed(reply.status, f"member {self.member!r}: {reply.reason}", retry=True))
             self.transport.loseConnection()
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._answer_deadline.cancel()
         if rest:
             super().dataReceived(rest)
         self.answered.callback(self)
@@ -261,9 +252,7 @@ class ForwardStream(RelayedProtocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._answer_deadline.cancel()
         if self.relay is not None:
             super().connectionLost(reason)
         elif not self.answered.called:

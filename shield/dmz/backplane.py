@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.deadline import Deadline
 from shield.addresses import describe_address, host_of
 from shield.config.model import DmzConfig
 from shield.config.mux import mux_config_for
@@ -54,14 +55,14 @@ class DmzLinkProtocol(MuxProtocol):
         self.identity: str | None = None
         self.link: ConnectorLink | None = None
         self._control_taken = False
-        self._announce_timer: IDelayedCall | None = None
+        self._announce_deadline = Deadline(backplane.clock)
         self.control: ControlStream | None = None
         self._said_why = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         set_no_delay(self.transport)
-        self._announce_timer = self.backplane.clock.callLater(ANNOUNCE_TIMEOUT, self._no_announcement)
+        self._announce_deadline.start(ANNOUNCE_TIMEOUT, self._no_announcement)
 
     keepalive_after_handshake = True
 
@@ -82,7 +83,7 @@ class DmzLinkProtocol(MuxProtocol):
 
     def announced(self, announce: Announce) -> AnnounceReply:
         """Judge an announcement; register the link when anything was accepted."""
-        self._cancel_announce_timer()
+        self._announce_deadline.cancel()
         dmz = self.backplane.config
         identity = self.identity
         if identity is None:
@@ -179,7 +180,6 @@ class DmzLinkProtocol(MuxProtocol):
         )
 
     def _no_announcement(self) -> None:
-        self._announce_timer = None
         self._said_why = True
         what = "TLS handshake" if self.identity is None else "announcement"
         self.backplane.bad_peers.warn(
@@ -189,13 +189,8 @@ class DmzLinkProtocol(MuxProtocol):
         if self.transport is not None:
             self.transport.abortConnection()
 
-    def _cancel_announce_timer(self) -> None:
-        if self._announce_timer is not None and self._announce_timer.active():
-            self._announce_timer.cancel()
-        self._announce_timer = None
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancel_announce_timer()
+        self._announce_deadline.cancel()
         if self.link is not None:
             self.backplane.registry.remove(self.link)
             log.info(

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IProtocol
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocol
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.deadline import Deadline
 from shield.addresses import describe_address, host_of
 from shield.cluster.link import ForwardFailed, ForwardStream
 from shield.dmz.admission import ClientGate, Refusal, Refused, Ticket, finish
@@ -285,7 +286,7 @@ class BalancedTcpClient(_BalancedClient):
         super().__init__()
         self.front = front
         self.accept = accept
-        self._handshake_timer: IDelayedCall | None = None
+        self._handshake_deadline = Deadline(front.clock)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -295,25 +296,20 @@ class BalancedTcpClient(_BalancedClient):
             self.place(b"")
         else:
             seconds = self.front.config.limits.handshake_timeout
-            self._handshake_timer = self.front.clock.callLater(seconds, self._handshake_too_slow, seconds)
+            self._handshake_deadline.start(seconds, self._handshake_too_slow, seconds)
 
     def _handshake_too_slow(self, seconds: float) -> None:
-        self._handshake_timer = None
         self.front.metrics.refusals.labels(service=self.front.name, limit="handshake_timeout").inc()
         self.front.gate.note(self.front.name, "handshake_timeout", f"tls client {self.client} -> {self.front.name}: no TLS handshake within {seconds:g} s; closed")
         self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
-        timer, self._handshake_timer = self._handshake_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._handshake_deadline.cancel()
         if not self._gone and self.authenticated():
             self.place(b"")
 
     def lost_before_handover(self, reason: Failure) -> None:
-        timer, self._handshake_timer = self._handshake_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._handshake_deadline.cancel()
         super().lost_before_handover(reason)
 
 
@@ -334,24 +330,18 @@ class BalancedHttpClient(_BalancedClient):
         self.head_timeout = head_timeout
         self._head = b""
         self._answered = False
-        self._timer: IDelayedCall | None = None
+        self._head_deadline = Deadline(clock)
         self._target = ""
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._timer = self.clock.callLater(self.head_timeout, self._slow)
+        self._head_deadline.start(self.head_timeout, self._slow)
 
     def _slow(self) -> None:
-        self._timer = None
         front = next(iter(self.routes.values()))[0]
         front.metrics.refusals.labels(service="", limit="handshake_timeout").inc()
         front.gate.note("", "handshake_timeout", f"ws client {self.client}: no complete request within {self.head_timeout:g} s; closed (408)")
         self.send_refusal(408, f"request not completed within {self.head_timeout:g} s")
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
     def before_choice(self, data: bytes) -> None:
         if self._answered:
@@ -360,11 +350,11 @@ class BalancedHttpClient(_BalancedClient):
         end = self._head.find(b"\r\n\r\n")
         if end < 0:
             if len(self._head) > MAX_HEAD:
-                self._stop_timer()
+                self._head_deadline.cancel()
                 log.info("ws client {client}: request head over {n} bytes; refused (431)", client=self.client, n=MAX_HEAD)
                 self.send_refusal(431, f"request head over {MAX_HEAD} bytes")
             return
-        self._stop_timer()
+        self._head_deadline.cancel()
         head, self._head = self._head, b""
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = request_line.split(" ")
@@ -409,7 +399,7 @@ class BalancedHttpClient(_BalancedClient):
         finish(self.transport)
 
     def lost_before_handover(self, reason: Failure) -> None:
-        self._stop_timer()
+        self._head_deadline.cancel()
         super().lost_before_handover(reason)
 
 

@@ -7,11 +7,12 @@ tunnel opens; a refusal closes the connection with one log line (raw TCP has no 
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener
+from twisted.internet.interfaces import IAddress, IHandshakeListener
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.deadline import Deadline
 from shield.addresses import describe_address, host_of
 from shield.dmz.admission import Refusal, Refused, Ticket
 from shield.dmz.auth import check_client_certificate
@@ -31,7 +32,7 @@ class PublicTcpProtocol(RelayedProtocol):
         self.after_handshake = kind == "tls" if after_handshake is None else after_handshake
         self._ticket: Ticket | None = None
         self.connection_ticket: Ticket | None = None  # the gateway's count, when accepted here
-        self._handshake_timer: IDelayedCall | None = None
+        self._handshake_deadline = Deadline(front.clock)
         self.client = "?"
         self._opening: Deferred[TunnelStream] | None = None
         self._gone = False
@@ -53,17 +54,14 @@ class PublicTcpProtocol(RelayedProtocol):
             self._authenticate_and_open()
         else:
             seconds = self.front.config.limits.handshake_timeout
-            self._handshake_timer = self.front.clock.callLater(seconds, self._handshake_too_slow, seconds)
+            self._handshake_deadline.start(seconds, self._handshake_too_slow, seconds)
 
     def _handshake_too_slow(self, seconds: float) -> None:
-        self._handshake_timer = None
         self.front.limit_hit("handshake_timeout", f"tls client {self.client} -> {self.front.name}: no TLS handshake within {seconds:g} s; closed")
         self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        self._handshake_deadline.cancel()
         if not self._gone:
             self._authenticate_and_open()
 
@@ -99,9 +97,7 @@ class PublicTcpProtocol(RelayedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        self._handshake_deadline.cancel()
         if self._ticket is not None:
             self._ticket.release()
         self.front.gate.release(self.transport)  # counted here at accept, or by a balancer

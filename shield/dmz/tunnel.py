@@ -11,9 +11,10 @@ from typing import Callable, Iterable
 
 from twisted.internet.protocol import connectionDone
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from shield.deadline import Deadline
 from shield.refusal import Refusal, RefusedError
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
@@ -54,7 +55,7 @@ class TunnelStream(RelayedProtocol):
         self._timeout = timeout  # what is left of the open-timeout for this try
         self._open_timeout = open_timeout if open_timeout is not None else timeout  # what the log says
         self._clock = clock
-        self._timer: IDelayedCall | None = None
+        self._answer_deadline = Deadline(clock)
         self._reader = MessageReader((OpenReply,))
 
     # -- before the answer ---------------------------------------------------------------------
@@ -62,10 +63,9 @@ class TunnelStream(RelayedProtocol):
     def connectionMade(self) -> None:
         self.link.tunnels += 1
         self.transport.write(encode(self.request))
-        self._timer = self._clock.callLater(self._timeout, self._timed_out)
+        self._answer_deadline.start(self._timeout, self._timed_out)
 
     def _timed_out(self) -> None:
-        self._timer = None
         connector = self.link.connector
         self._fail(
             OpenFailed(504, "open_timeout", f"connector {connector!r} did not answer within {self._open_timeout:g} s")
@@ -73,17 +73,13 @@ class TunnelStream(RelayedProtocol):
         self.transport.abortConnection()
 
     def _fail(self, failure: Exception) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._answer_deadline.cancel()
         if not self.answered.called:
             self.answered.errback(failure)
 
     def cancel(self) -> None:
         """The public client left before the answer: drop the stream."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._answer_deadline.cancel()
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -102,9 +98,7 @@ class TunnelStream(RelayedProtocol):
         if rest:
             super().dataReceived(rest)
         if reply.status == OpenStatus.OK:
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+            self._answer_deadline.cancel()
             self.answered.callback(self)
             return
         status, label = _STATUS_FOR_REPLY.get(reply.status, (502, "refused"))
@@ -132,9 +126,7 @@ class TunnelStream(RelayedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.link.tunnels -= 1
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._answer_deadline.cancel()
         if self.relay is not None:
             super().connectionLost(reason)
         elif not self.answered.called:

@@ -22,11 +22,12 @@ from typing import Callable, cast
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from shield.deadline import Deadline
 from shield.config.model import InternalService
 from shield.internal.health import describe as describe_failure
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
@@ -184,7 +185,7 @@ class BackendStream(RelayedProtocol):
         self._gone = False
         self._pending = False  # holds one of the link's pending-open places
         self._refused = False  # answered OVERLOADED before its OPEN was read
-        self._header_timer: IDelayedCall | None = None
+        self._header_deadline = Deadline(limits.clock)
 
     def connectionMade(self) -> None:
         limits = self.limits
@@ -197,20 +198,16 @@ class BackendStream(RelayedProtocol):
             self.transport.loseConnection()  # what the DMZ sends from now on is dropped unread
             return
         self._pending = True
-        self._header_timer = limits.clock.callLater(limits.header_timeout, self._header_timed_out)
+        self._header_deadline.start(limits.header_timeout, self._header_timed_out)
 
     def _release(self) -> None:
         """This stream no longer counts as pending: its backend is there, or it is refused or gone."""
-        if self._header_timer is not None:
-            if self._header_timer.active():
-                self._header_timer.cancel()
-            self._header_timer = None
+        self._header_deadline.cancel()
         if self._pending:
             self._pending = False
             self.limits.release()
 
     def _header_timed_out(self) -> None:
-        self._header_timer = None
         if self._request is not None or self._gone:
             return
         timeout = self.limits.header_timeout
@@ -239,10 +236,7 @@ class BackendStream(RelayedProtocol):
             return
         assert isinstance(request, OpenRequest)
         self._request = request
-        if self._header_timer is not None:
-            if self._header_timer.active():
-                self._header_timer.cancel()
-            self._header_timer = None
+        self._header_deadline.cancel()
         if rest:
             super().dataReceived(rest)
         self._start(request)
