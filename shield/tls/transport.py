@@ -105,7 +105,7 @@ class LinkTLSProtocol(TLSMemoryBIOProtocol):
         try:
             super().dataReceived(data)
         finally:
-            getattr(self.wrappedProtocol, "end_batch")()
+            self.wrappedProtocol.end_batch()  # type: ignore[attr-defined]  # a protocol with begin_batch has end_batch
 
     def _flushReceiveBIO(self) -> None:
         """Twisted's loop, asking OpenSSL only as often as complete records arrived."""
