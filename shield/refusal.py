@@ -35,9 +35,3 @@ class RefusedError(Exception):
 
     def __str__(self) -> str:
         return self.refusal.reason
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and (other.refusal, other.retry) == (self.refusal, self.retry)
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.refusal, self.retry))

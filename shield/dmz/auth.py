@@ -92,7 +92,7 @@ def check_client_certificate(service: DmzService, transport: Any) -> Refusal | N
     forwarded = getattr(transport, "client_identity", None)
     if forwarded:
         return None
-    tls = _tls_transport(transport)
+    tls = tls_layer(transport)
     cert = None
     if tls is not None:
         try:
@@ -111,7 +111,7 @@ def client_identity(transport: Any) -> str | None:
     forwarded = getattr(transport, "client_identity", None)
     if forwarded:
         return str(forwarded)
-    tls = _tls_transport(transport)
+    tls = tls_layer(transport)
     if tls is None or tls in _refused_certificates:
         return None
     try:
@@ -121,4 +121,3 @@ def client_identity(transport: Any) -> str | None:
     return identity_from_certificate(cert) if cert is not None else None
 
 
-_tls_transport = tls_layer  # the TLS protocol under a transport (shield.tls.transport)

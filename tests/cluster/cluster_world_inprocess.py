@@ -11,10 +11,8 @@ The gateway behind each node is ``Local``, a small ``LocalMember`` (shield/clust
 
 from __future__ import annotations
 
-import functools
 from typing import Any, cast
 
-from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
@@ -33,7 +31,9 @@ import dmz_world_inprocess  # noqa: E402
 
 LogLines = dmz_world_inprocess.LogLines  # one log capture for both worlds
 capture_log = dmz_world_inprocess.capture_log
-certificate = dmz_world_inprocess.certificate
+# The transport of both worlds: the peer's certificate, and TCP's close (writes made before the
+# close is carried out still go out; an abort drops them). A partition holds the pump, not this.
+CertifiedTransport = dmz_world_inprocess.CertifiedTransport
 
 from shield.cluster.link import MemberLinkProtocol
 from shield.cluster.messages import ForwardReply, ForwardRequest, ServiceState
@@ -44,31 +44,6 @@ from shield.mux.config import MuxConfig
 CLUSTER = "c1"
 BALANCE = "tcp://lb.example:8000"  # the balancer accept the members' echo service lists
 BALANCER = Uri("tcp", "0.0.0.0", 8000)
-
-
-@functools.lru_cache(maxsize=None)
-class CertifiedTransport(iosim.FakeTransport):
-    """iosim's transport, with the peer's certificate, TCP's close (writes made before the close is
-    carried out still go out; an abort drops them) and a switch to stop the bytes (a partition)."""
-
-    aborted = False
-
-    def __init__(self, protocol: IProtocol, is_server: bool, identity: str | None, host: Any, peer: Any) -> None:
-        super().__init__(protocol, is_server, host, peer)
-        self.identity = identity
-
-    def getPeerCertificate(self) -> x509.Certificate | None:
-        return certificate(self.identity) if self.identity is not None else None
-
-    def write(self, data: bytes) -> None:
-        if self.disconnected or self.aborted:
-            return
-        self.stream.append(data)
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        self.stream = []
-        self.disconnecting = True
 
 
 class Recorder(Protocol):

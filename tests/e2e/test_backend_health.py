@@ -171,20 +171,22 @@ def test_equal_priorities_skip_the_broken_backend(topology: Topology) -> None:
     assert results == ["internal2"] * 60, results
 
 
+async def ws_refused(topology: Topology) -> tuple[int, str]:
+    """A WebSocket client of echo that must be refused: (HTTP status, body)."""
+    try:
+        async with connect(topology.url("ws-echo", "ws", "/echo"), open_timeout=WAIT):
+            pass
+    except InvalidStatus as refusal:
+        return refusal.response.status_code, (refusal.response.body or b"").decode()
+    raise AssertionError("served with no backend anywhere")
+
+
 def test_a_backend_down_behind_every_connector_is_a_clean_502_naming_each(topology: Topology) -> None:
     dmz, _ = setup(topology, {"internal1": 200, "internal2": 100}, health="health-check = \"off\"\n")
     for name in ("internal1", "internal2"):
         backend_process(topology, name).kill()
 
-    async def refused() -> tuple[int, str]:
-        try:
-            async with connect(topology.url("ws-echo", "ws", "/echo"), open_timeout=WAIT):
-                pass
-        except InvalidStatus as refusal:
-            return refusal.response.status_code, (refusal.response.body or b"").decode()
-        raise AssertionError("served with no backend anywhere")
-
-    status, body = asyncio.run(refused())
+    status, body = asyncio.run(ws_refused(topology))
     assert status == 502, body
     assert "no connector could serve 'echo'" in body
     assert "'internal1'" in body and "'internal2'" in body
@@ -197,15 +199,7 @@ def test_when_every_connector_has_withdrawn_the_service_the_client_is_told_why(t
         backend_process(topology, name).kill()
     wait_until("both connectors withdraw echo", lambda: offered_by(topology) == 0, WAIT)
 
-    async def refused() -> tuple[int, str]:
-        try:
-            async with connect(topology.url("ws-echo", "ws", "/echo"), open_timeout=WAIT):
-                pass
-        except InvalidStatus as refusal:
-            return refusal.response.status_code, (refusal.response.body or b"").decode()
-        raise AssertionError("served with no backend anywhere")
-
-    status, body = asyncio.run(refused())
+    status, body = asyncio.run(ws_refused(topology))
     assert status == 502
     assert "no connector can reach a backend of 'echo': 'internal1', 'internal2' report it down" in body
 
