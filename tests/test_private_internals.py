@@ -43,7 +43,8 @@ def test_twisted_reactor_internals_used_by_shield_reactor() -> None:
 
 def test_twisted_web_and_application_internals() -> None:
     """shield/ops/admin.py and shield/dmz/frontplane_ws.py override HTTPChannel's bad-request
-    answer (one log line for it); shield/cluster/node.py quiets ClientService's retry lines."""
+    answer (one log line for it); shield/link/roles.py quiets ClientService's retry lines (the
+    connector's pool and the cluster's member dials)."""
     from twisted.application.internet import ClientService
     from twisted.web.http import HTTPChannel
 

@@ -7,15 +7,15 @@ and this cluster's name, or the link is closed with one log line.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from shield.deadline import Deadline
 from shield.refusal import Refusal, RefusedError
@@ -29,15 +29,13 @@ from shield.cluster.messages import (
     heartbeats_header,
 )
 from shield.handover import Handover
-from shield.mux.protocol import MuxProtocol
+from shield.link.roles import link_mux, tune_link_socket, why_link_ended
+from shield.mux.budget import BufferBudget
+from shield.mux.config import MuxConfig
 from shield.mux.stream import MuxStream
-from shield.net import is_ipv6, set_no_delay
+from shield.net import is_ipv6
 from shield.relay import RelayedProtocol
-from shield.tls.contexts import describe_tls_failure
 from shield.tls.identity import peer_identity
-
-if TYPE_CHECKING:
-    from shield.cluster.node import ClusterNode
 
 log = Logger(namespace="shield.cluster")
 
@@ -45,80 +43,108 @@ log = Logger(namespace="shield.cluster")
 HANDSHAKE_TIMEOUT = 10.0
 
 
-@implementer(IHandshakeListener)
-class MemberLinkProtocol(MuxProtocol):
-    """A link to one peer member; ``dialled`` is True on the side that connected."""
+class MemberHost(TypingProtocol):
+    """What a member link needs from the cluster node that keeps it (shield/cluster/node.py)."""
 
-    def __init__(self, node: "ClusterNode", dialled: bool, endpoint: str, peer_host: str = "") -> None:
-        super().__init__(
-            client=dialled, config=node.mux_config, stream_factory=_IncomingStreams(self), clock=node.clock,
-            budget=node.budget,
+    @property
+    def cluster_name(self) -> str: ...
+
+    def link_ready(self, link: "MemberLink", name: str) -> bool:
+        """TLS is up and the peer's certificate names ``name``: may the link serve?"""
+
+    def own_heartbeat(self) -> Heartbeat:
+        """This member's heartbeat now, the first one a new link sends."""
+
+    def heard(self, link: "MemberLink", heartbeat: Heartbeat) -> None:
+        """A heartbeat arrived on ``link`` (raises ``ClusterWireError`` when it lies)."""
+
+    def serve_forward(self, request: ForwardRequest, balancer: str) -> tuple[ForwardReply, IProtocol | None]:
+        """A peer's balancer forwards a client here."""
+
+    def link_lost(self, link: "MemberLink", reason: str) -> None:
+        """The link is gone, for ``reason``."""
+
+
+class MemberLink:
+    """A link to one peer member; ``dialled`` is True on the side that connected. Its ``mux`` is
+    the protocol."""
+
+    def __init__(
+        self,
+        host: MemberHost,
+        dialled: bool,
+        endpoint: str,
+        mux_config: MuxConfig,
+        clock: IReactorTime,
+        budget: BufferBudget | None = None,
+        peer_host: str = "",
+    ) -> None:
+        self.host = host
+        self.clock = clock
+        self.mux = link_mux(
+            self, client=dialled, config=mux_config, stream_factory=_IncomingStreams(self), clock=clock, budget=budget
         )
-        self.node = node
         self.dialled = dialled
         self.endpoint = endpoint  # what was dialled, or the address a peer came from
         self.peer_host = peer_host or endpoint  # the key of its rate-limited log lines
         self.peer_name: str | None = None
         self.heartbeats_out: MuxStream | None = None
-        self._handshake_deadline = Deadline(node.clock)
+        self._handshake_deadline = Deadline(clock)
         self.up_since: float | None = None
 
-    keepalive_after_handshake = True
+    # -- MuxOwner ------------------------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        set_no_delay(self.transport)
+    def mux_connected(self) -> None:
+        tune_link_socket(self.mux)
         self._handshake_deadline.start(HANDSHAKE_TIMEOUT, self._no_handshake)
 
     def _no_handshake(self) -> None:
-        self.abort(f"no TLS handshake within {HANDSHAKE_TIMEOUT:g} s")
+        self.mux.abort(f"no TLS handshake within {HANDSHAKE_TIMEOUT:g} s")
 
-    def handshakeCompleted(self) -> None:
-        self.start_keepalive()
+    def mux_secured(self) -> None:
         self._handshake_deadline.cancel()
-        name = peer_identity(self.transport)
-        if name is None or not self.node.link_ready(self, name):
-            self._close_transport()
+        name = peer_identity(self.mux.transport)
+        if name is None:
+            self.mux.close("the peer's certificate names no member")
+            return
+        if not self.host.link_ready(self, name):
+            self.mux.close(f"the peer is this member itself ({name!r})")
             return
         self.peer_name = name
-        self.up_since = self.node.clock.seconds()
-        sender = Protocol()
+        self.up_since = self.clock.seconds()
         try:
-            self.heartbeats_out = self.open_stream(sender)
+            self.heartbeats_out = self.mux.open_stream(Protocol())
         except Exception as problem:  # the session died under us
             log.warn("cluster link to {name}: cannot open heartbeat stream: {p}", name=name, p=problem)
             return
-        self.heartbeats_out.write(encode(heartbeats_header(self.node.cluster_name)))
-        self.send_heartbeat(self.node.own_heartbeat())
+        self.heartbeats_out.write(encode(heartbeats_header(self.host.cluster_name)))
+        self.send_heartbeat(self.host.own_heartbeat())
+
+    def mux_going_away(self) -> None:
+        pass
+
+    def stream_rejected(self, stream_id: int, reason: str) -> bool:
+        return False
+
+    def mux_lost(self, reason: Failure) -> None:
+        self._handshake_deadline.cancel()
+        self.host.link_lost(self, why_link_ended(self.mux, reason))
+
+    # -- what the node asks ----------------------------------------------------------------------
 
     def send_heartbeat(self, heartbeat: Heartbeat) -> None:
         stream = self.heartbeats_out
-        if stream is not None and self.is_open and not stream.disconnecting:
+        if stream is not None and self.mux.is_open and not stream.disconnecting:
             stream.write(encode(heartbeat.to_json()))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._handshake_deadline.cancel()
-        never_up = self.peer_name is None
-        ours = self._close_reason  # set when this side cut the link, with why
-        super().connectionLost(reason)
-        # A link that never got past TLS: say why in TLS terms (refused, alert, cut mid-handshake).
-        why = (ours or describe_tls_failure(reason)) if never_up else _describe(reason, self)
-        self.node.link_lost(self, why)
 
     @property
     def usable(self) -> bool:
-        return self.peer_name is not None and self.is_open and self.transport is not None and not self.going_away
-
-
-def _describe(reason: Failure, link: MuxProtocol) -> str:
-    closed = getattr(link, "_close_reason", None)
-    if closed:
-        return closed
-    return describe_tls_failure(reason)
+        mux = self.mux
+        return self.peer_name is not None and mux.is_open and mux.transport is not None and not mux.going_away
 
 
 class _IncomingStreams(Factory):
-    def __init__(self, link: MemberLinkProtocol) -> None:
+    def __init__(self, link: MemberLink) -> None:
         self.link = link
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
@@ -130,7 +156,7 @@ class _IncomingStreams(Factory):
 class IncomingStream(Handover):
     """A stream the peer opened: its heartbeats, or a client its balancer forwards to us."""
 
-    def __init__(self, link: MemberLinkProtocol) -> None:
+    def __init__(self, link: MemberLink) -> None:
         self.link = link
         self._decoder = MessageDecoder()
         self._kind: str | None = None
@@ -147,19 +173,19 @@ class IncomingStream(Handover):
                     return
                 data = b""
             for message in self._decoder.feed(data):
-                self.link.node.heard(self.link, Heartbeat.from_json(message))
+                self.link.host.heard(self.link, Heartbeat.from_json(message))
         except ClusterWireError as problem:
             log.warn("cluster link to {name}: bad message: {problem}; link closed", name=self.link.peer_name, problem=problem)
-            self.link.abort(f"bad cluster message: {problem}")
+            self.link.mux.abort(f"bad cluster message: {problem}")
 
     def _header(self, message: dict) -> None:
         kind = message.get("type")
         if kind == "heartbeats":
             cluster = message.get("cluster")
-            if cluster != self.link.node.cluster_name:
+            if cluster != self.link.host.cluster_name:
                 raise ClusterWireError(
                     f"member {self.link.peer_name!r} belongs to cluster {str(cluster)[:64]!r}, "
-                    f"not {self.link.node.cluster_name!r}"
+                    f"not {self.link.host.cluster_name!r}"
                 )
             self._kind = "heartbeats"
         elif kind == "forward":
@@ -169,7 +195,7 @@ class IncomingStream(Handover):
 
     def _forward(self, request: ForwardRequest) -> None:
         try:
-            reply, inner = self.link.node.local.serve_forward(request, self.link.peer_name or "?")
+            reply, inner = self.link.host.serve_forward(request, self.link.peer_name or "?")
         except Exception:
             # One client the member could not take must not cost the link and its other clients.
             log.failure("cluster: forwarded client of {service!r} from {name}: internal error", service=request.service, name=self.link.peer_name)

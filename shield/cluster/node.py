@@ -7,7 +7,7 @@ should take this balancer's client" and opens forward streams to peers.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, TYPE_CHECKING, cast
+from typing import Callable, Protocol, TYPE_CHECKING
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred
@@ -20,17 +20,19 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
+from twisted.logger import Logger
 
 from shield.addresses import describe_address, host_of
-from shield.cluster.link import ForwardFailed, ForwardStream, MemberLinkProtocol
+from shield.cluster.link import ForwardFailed, ForwardStream, MemberLink
 from shield.cluster.membership import Candidate, Membership
 from shield.cluster.messages import ForwardReply, ForwardRequest, Heartbeat, ServiceState
 from shield.config.model import DmzCluster, Uri
 from shield.dns import Change, Discovery, resolve
 from shield.mux.budget import BufferBudget
 from shield.mux.config import MuxConfig
+from shield.link.roles import QuietClientService
 from shield.mux.errors import MuxError
+from shield.mux.protocol import MuxProtocol
 from shield.net import is_ipv4, is_ipv6, stream_client_endpoint, tcp_server_endpoint
 from shield.ops.ratelog import RateLimitedLog
 from shield.tls.transport import LinkTLSEndpoint, LinkTLSFactory
@@ -45,17 +47,6 @@ log = Logger(namespace="shield.cluster")
 DRAIN_ACK_INTERVALS = 3
 #: Connect timeout for member links.
 CONNECT_TIMEOUT = 5.0
-
-
-def _warnings_only(event: dict) -> None:
-    if event.get("log_level", LogLevel.info) >= LogLevel.warn:
-        globalLogPublisher(event)
-
-
-class _MemberDialer(ClientService):
-    """Twisted's reconnecting client, without a log line for every retry to a member that is down."""
-
-    _log = Logger(namespace="shield.cluster.dial", observer=cast(ILogObserver, _warnings_only))
 
 
 class LocalMember(Protocol):
@@ -79,8 +70,8 @@ class _AcceptedMembers(Factory):
     def __init__(self, node: "ClusterNode") -> None:
         self.node = node
 
-    def buildProtocol(self, addr: IAddress | None) -> MemberLinkProtocol:
-        return self.node.accepted(addr)
+    def buildProtocol(self, addr: IAddress | None) -> MuxProtocol:
+        return self.node.accepted(addr).mux
 
 
 class ClusterNode:
@@ -104,7 +95,7 @@ class ClusterNode:
         self.reactor = reactor
         self.mux_config = mux_config
         self.membership = Membership(own_name)
-        self.links: set[MemberLinkProtocol] = set()
+        self.links: set[MemberLink] = set()
         self._server_tls = server_tls
         self._client_tls = client_tls
         self._dialers: dict[str, ClientService] = {}
@@ -249,9 +240,9 @@ class ClusterNode:
         if key in self._dialers or key in self._self_endpoints or self._stopping:
             return
         endpoint = LinkTLSEndpoint(self._client_tls, stream_client_endpoint(self.reactor, uri, CONNECT_TIMEOUT))
-        factory = Factory.forProtocol(lambda: MemberLinkProtocol(self, True, key))
+        factory = Factory.forProtocol(lambda: self._member_link(True, key).mux)
         factory.noisy = False
-        service = _MemberDialer(endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0), clock=self.clock)
+        service = QuietClientService(endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0), clock=self.clock)
         self._dialers[key] = service
         service.startService()
 
@@ -266,7 +257,7 @@ class ClusterNode:
             discovery.stop()
         stopping: list[Deferred[None]] = [service.stopService() for service in self._dialers.values()]
         for link in list(self.links):
-            link.close("member shutting down")  # the last close frames of forwarded clients go out
+            link.mux.close("member shutting down")  # the last close frames of forwarded clients go out
         if self.port is not None:
             stopped = self.port.stopListening()
             if stopped is not None:
@@ -283,10 +274,13 @@ class ClusterNode:
             return identity in self.config.member_names or identity == self.own_name
         return identity not in connectors()
 
-    def accepted(self, addr: IAddress | None) -> MemberLinkProtocol:
-        return MemberLinkProtocol(self, False, describe_address(addr), host_of(addr))
+    def accepted(self, addr: IAddress | None) -> MemberLink:
+        return self._member_link(False, describe_address(addr), host_of(addr))
 
-    def link_ready(self, link: MemberLinkProtocol, name: str) -> bool:
+    def _member_link(self, dialled: bool, endpoint: str, peer_host: str = "") -> MemberLink:
+        return MemberLink(self, dialled, endpoint, self.mux_config, self.clock, self.budget, peer_host)
+
+    def link_ready(self, link: MemberLink, name: str) -> bool:
         if name == self.own_name:
             if link.dialled:
                 log.info("cluster: {endpoint} is this member itself; not dialling it", endpoint=link.endpoint)
@@ -300,7 +294,7 @@ class ClusterNode:
         self._link_failures.pop(link.endpoint, None)
         return True
 
-    def link_lost(self, link: MemberLinkProtocol, reason: str) -> None:
+    def link_lost(self, link: MemberLink, reason: str) -> None:
         if link not in self.links:
             # A link that never became a member link: refused in TLS (by us or by the peer), or
             # cut during the handshake. Dialled: once per endpoint until it works or the reason
@@ -322,7 +316,11 @@ class ClusterNode:
         if self.membership.link_down(name) and not self._stopping:
             log.warn("cluster {cluster}: member {name} is gone: link lost ({reason})", cluster=self.cluster_name, name=name, reason=reason)
 
-    def heard(self, link: MemberLinkProtocol, heartbeat: Heartbeat) -> None:
+    def serve_forward(self, request: ForwardRequest, balancer: str) -> tuple[ForwardReply, IProtocol | None]:
+        """MemberHost: a peer's balancer forwards a client to this member's gateway."""
+        return self.local.serve_forward(request, balancer)
+
+    def heard(self, link: MemberLink, heartbeat: Heartbeat) -> None:
         if heartbeat.name != link.peer_name:
             from shield.cluster.messages import ClusterWireError
 
@@ -412,12 +410,12 @@ class ClusterNode:
 
     def forward(self, member: str, request: ForwardRequest, timeout: float) -> Deferred[ForwardStream]:
         """Open a forward stream to ``member``; fires once it accepted the client."""
-        for link in sorted(self.links, key=lambda l: len(l.streams)):
+        for link in sorted(self.links, key=lambda l: len(l.mux.streams)):
             if link.peer_name != member or not link.usable:
                 continue
             stream = ForwardStream(request, member, timeout, self.clock)
             try:
-                link.open_stream(stream)
+                link.mux.open_stream(stream)
             except MuxError:
                 continue
             return stream.answered

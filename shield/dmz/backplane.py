@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.interfaces import IAddress, IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from shield.deadline import Deadline
 from shield.addresses import describe_address, host_of
@@ -24,7 +23,7 @@ from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
 from shield.mux.budget import BufferBudget
 from shield.mux.protocol import MuxProtocol
-from shield.net import set_no_delay
+from shield.link.roles import link_mux, tune_link_socket, why_link_ended
 from shield.ops.ratelog import RateLimitedLog
 from shield.tls.contexts import refusal_logged
 from shield.tls.identity import negotiated_suite, peer_identity
@@ -36,20 +35,15 @@ ANNOUNCE_TIMEOUT = 10.0
 log = Logger(namespace="shield.dmz.backplane")
 
 
-@implementer(IHandshakeListener)
-class DmzLinkProtocol(MuxProtocol):
-    """One connector link at the DMZ (yamux server side)."""
+class DmzLinkEnd:
+    """One connector link at the DMZ (yamux server side); its ``mux`` is the protocol."""
 
     def __init__(self, backplane: "BackplaneFactory", peer: str, peer_host: str = "") -> None:
-        config = backplane.config.backplane
-        super().__init__(
-            client=False,
-            config=mux_config_for(config),
-            stream_factory=_ControlStreamFactory(self),
-            clock=backplane.clock,
-            budget=backplane.budget,
-        )
         self.backplane = backplane
+        self.mux = link_mux(
+            self, client=False, config=mux_config_for(backplane.config.backplane),
+            stream_factory=_ControlStreamFactory(self), clock=backplane.clock, budget=backplane.budget,
+        )  # fmt: skip
         self.peer = peer
         self.peer_host = peer_host or peer  # the key of its rate-limited log lines
         self.identity: str | None = None
@@ -59,20 +53,44 @@ class DmzLinkProtocol(MuxProtocol):
         self.control: ControlStream | None = None
         self._said_why = False
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        set_no_delay(self.transport)
+    # -- MuxOwner ------------------------------------------------------------------------------
+
+    def mux_connected(self) -> None:
+        tune_link_socket(self.mux)
         self._announce_deadline.start(ANNOUNCE_TIMEOUT, self._no_announcement)
 
-    keepalive_after_handshake = True
-
-    def handshakeCompleted(self) -> None:
-        self.start_keepalive()
-        self.identity = peer_identity(self.transport)
+    def mux_secured(self) -> None:
+        transport = self.mux.transport
+        self.identity = peer_identity(transport)
         log.info(
             "link from {peer}: TLS up ({suite}), connector identity {identity!r}",
-            peer=self.peer, suite=negotiated_suite(self.transport), identity=self.identity,
-        )
+            peer=self.peer, suite=negotiated_suite(transport), identity=self.identity,
+        )  # fmt: skip
+
+    def mux_going_away(self) -> None:
+        """Drain: close the control stream too, so the link closes when the last tunnel ends."""
+        if self.control is not None and self.control.transport is not None:
+            self.control.transport.loseConnection()
+
+    def stream_rejected(self, stream_id: int, reason: str) -> bool:
+        return False
+
+    def mux_lost(self, reason: Failure) -> None:
+        self._announce_deadline.cancel()
+        if self.link is not None:
+            self.backplane.registry.remove(self.link)
+            log.info(
+                "link from {peer}: connector {identity!r} link down: {reason}",
+                peer=self.peer, identity=self.identity, reason=why_link_ended(self.mux, reason),
+            )  # fmt: skip
+        elif self.identity is None and not self._said_why and not refusal_logged(self.mux.transport):
+            # (a certificate the TLS layer refused has had its one line, naming why)
+            self.backplane.bad_peers.warn(
+                ("before TLS", self.peer_host),
+                f"link from {self.peer}: closed before TLS completed: {why_link_ended(self.mux, reason)}",
+            )
+
+    # -- the announcement ----------------------------------------------------------------------
 
     def take_control_stream(self) -> bool:
         """Only the connector's first stream is the control stream; it may open no other."""
@@ -113,7 +131,7 @@ class DmzLinkProtocol(MuxProtocol):
                 peer=self.peer, identity=identity, service=service, reason=reason,
             )
         self.link = ConnectorLink(
-            mux=self,
+            mux=self.mux,
             connector=identity,
             peer=self.peer,
             priority=announce.priority,
@@ -122,7 +140,7 @@ class DmzLinkProtocol(MuxProtocol):
         )
         self.backplane.registry.add(self.link)
         # A connector's GoAway makes the link unusable long before it closes: count it out now.
-        self.when_peer_goes_away().addCallback(lambda _: self.backplane.registry.changed())
+        self.mux.when_peer_goes_away().addCallback(lambda _: self.backplane.registry.changed())
         log.info(
             "link from {peer}: connector {identity!r} (priority {priority}, version {version}) serves {services}",
             peer=self.peer, identity=identity, priority=announce.priority, version=announce.version,
@@ -162,13 +180,6 @@ class DmzLinkProtocol(MuxProtocol):
             accepted=True, dmz_name=dmz.name, services=tuple(sorted(link.services)), refused=refused, message=""
         )
 
-    def go_away(self):
-        """Drain: close the control stream too, so the link closes when the last tunnel ends."""
-        closed = super().go_away()
-        if self.control is not None and self.control.transport is not None:
-            self.control.transport.loseConnection()
-        return closed
-
     def _refuse(self, announce: Announce, reason: str) -> AnnounceReply:
         log.warn("link from {peer}: refused connector announcement: {reason}", peer=self.peer, reason=reason)
         return AnnounceReply(
@@ -186,33 +197,8 @@ class DmzLinkProtocol(MuxProtocol):
             ("no announcement", self.peer_host),
             f"link from {self.peer}: no {what} within {ANNOUNCE_TIMEOUT:g} s; closed",
         )
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._announce_deadline.cancel()
-        if self.link is not None:
-            self.backplane.registry.remove(self.link)
-            log.info(
-                "link from {peer}: connector {identity!r} link down: {reason}",
-                peer=self.peer, identity=self.identity, reason=_describe(reason, self),
-            )
-        elif self.identity is None and not self._said_why and not refusal_logged(self.transport):
-            # (a certificate the TLS layer refused has had its one line, naming why)
-            self.backplane.bad_peers.warn(
-                ("before TLS", self.peer_host),
-                f"link from {self.peer}: closed before TLS completed: {_describe(reason, self)}",
-            )
-        super().connectionLost(reason)
-
-
-def _describe(reason: Failure, link: MuxProtocol) -> str:
-    terminated = link.session.terminated
-    if terminated is not None:
-        return terminated.reason
-    from shield.tls.contexts import describe_tls_failure
-
-    return describe_tls_failure(reason)
+        if self.mux.transport is not None:
+            self.mux.transport.abortConnection()
 
 
 class ControlStream(Protocol):
@@ -224,7 +210,7 @@ class ControlStream(Protocol):
 
     transport: IStreamTransport  # connected before any event reaches the protocol
 
-    def __init__(self, link: DmzLinkProtocol) -> None:
+    def __init__(self, link: DmzLinkEnd) -> None:
         self.link = link
         self._reader = MessageReader((Announce,))
         self._first = True
@@ -235,7 +221,7 @@ class ControlStream(Protocol):
                 announce, data = self._reader.feed(data)
             except WireError as problem:
                 log.warn("link from {peer}: bad announcement: {problem}", peer=self.link.peer, problem=problem)
-                self.link.close("bad announcement")  # (not loseConnection: TLS would wait for the mux)
+                self.link.mux.close("bad announcement")  # (not loseConnection: TLS would wait for the mux)
                 return
             if announce is None:
                 return
@@ -245,12 +231,12 @@ class ControlStream(Protocol):
             reply = self.link.announced(announce) if first else self.link.announced_again(announce)
             self.transport.write(encode(reply))
             if not reply.accepted:
-                self.link.close("announcement refused")  # the reply goes out first
+                self.link.mux.close("announcement refused")  # the reply goes out first
                 return
 
 
 class _ControlStreamFactory(Factory):
-    def __init__(self, link: DmzLinkProtocol) -> None:
+    def __init__(self, link: DmzLinkEnd) -> None:
         self.link = link
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
@@ -263,23 +249,23 @@ class _ControlStreamFactory(Factory):
 
 
 class BackplaneFactory(Factory):
-    """Builds a ``DmzLinkProtocol`` per accepted backplane connection (wrap it in TLS)."""
+    """Builds a ``DmzLinkEnd`` per accepted backplane connection and returns its mux (wrap it in TLS)."""
 
     def __init__(self, config: DmzConfig, registry: LinkRegistry, clock: IReactorTime, budget: BufferBudget | None = None) -> None:
         self.config = config
         self.registry = registry
         self.clock = clock
         self.budget = budget
-        self.protocols: set[DmzLinkProtocol] = set()
+        self.links: set[DmzLinkEnd] = set()
         self.bad_peers = RateLimitedLog(log, clock)
         self.noisy = False
 
-    def buildProtocol(self, addr: IAddress | None) -> DmzLinkProtocol:
-        protocol = DmzLinkProtocol(self, describe_address(addr), host_of(addr))
-        protocol.factory = self
-        self.protocols.add(protocol)
-        protocol.when_closed().addBoth(lambda _: self.protocols.discard(protocol))
-        return protocol
+    def buildProtocol(self, addr: IAddress | None) -> MuxProtocol:
+        link = DmzLinkEnd(self, describe_address(addr), host_of(addr))
+        link.mux.factory = self
+        self.links.add(link)
+        link.mux.when_closed().addBoth(lambda _: self.links.discard(link))
+        return link.mux
 
 
 def known_identity_check(backplane: "BackplaneFactory") -> Callable[[str], bool]:

@@ -240,7 +240,7 @@ class DmzGateway(Service):
         self.ports.clear()
         started = self.reactor.seconds()
         yield drain_links(
-            list(self.backplane.protocols), self.config.grace_period, self.reactor, self.open_tunnels, log
+            [link.mux for link in self.backplane.links], self.config.grace_period, self.reactor, self.open_tunnels, log
         )
         if self.node is not None:
             left = self.config.grace_period - (self.reactor.seconds() - started)

@@ -18,7 +18,9 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from shield.config.model import InternalConfig, Uri
-from shield.internal.backend import BackendDialer
+from shield import __version__
+from shield.internal.backend import BackendDialer, BackendStreamFactory
+from shield.link.wire import Announce
 from shield.dns import Change, Discovery, resolve
 from shield.internal.health import HealthBoard
 from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label
@@ -229,7 +231,7 @@ class InternalGateway(Service):
             endpoint.owners.add(uri)
             return None
         dial = endpoint_for(self.reactor, address, uri.port, self.tls_options)
-        slots = [LinkSlot(self, label, dial, index) for index in range(self.config.backplane.links)]
+        slots = [LinkSlot(self, label, dial, index, self.reactor) for index in range(self.config.backplane.links)]
         endpoint = Endpoint(label, address, slots, {uri})
         self.endpoints[label] = endpoint
         self.metrics.links_up.labels(endpoint=label).set(0)
@@ -287,6 +289,23 @@ class InternalGateway(Service):
         log.warn("connector {name}: grace period over, closing {n} tunnels", name=self.config.name, n=left)
         for slot in self.slots:
             slot.abort("shutting down: grace period over")
+
+    # -- PoolHost: what the slots ask ------------------------------------------------------------
+
+    def announcement(self) -> Announce:
+        config = self.config
+        return Announce(
+            name=config.name, priority=config.priority, version=__version__, services=self.health.up_services()
+        )
+
+    def backend_streams(self, endpoint: str) -> BackendStreamFactory:
+        return BackendStreamFactory(
+            self.dialer,
+            lambda: endpoint,
+            max_pending_opens=self.config.max_pending_opens,
+            clock=self.reactor,
+            budget=self.budget,
+        )
 
     def link_changed(self) -> None:
         # Slots of removed endpoints are not counted: their series is gone.

@@ -6,131 +6,132 @@ priority. The link counts as up only when the DMZ accepted; services the DMZ ref
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING
+from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from shield import __version__
 from shield.internal.backend import BackendStreamFactory
+from shield.link.roles import link_mux, tune_link_socket, why_link_ended
 from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
 from shield.mux import MuxConfig
-from shield.mux.events import Event, StreamRejected
-from shield.mux.protocol import MuxProtocol
+from shield.mux.budget import BufferBudget
 from shield.mux.stream import MuxStream
-from shield.net import set_no_delay
 from shield.transports import IStreamTransport
-
-if TYPE_CHECKING:
-    from shield.internal.pool import LinkSlot
 
 log = Logger(namespace="shield.internal.link")
 
 
-@implementer(IHandshakeListener)
-class ConnectorLinkProtocol(MuxProtocol):
-    """The connector's side of one link (yamux client: it dialled)."""
+class LinkHost(TypingProtocol):
+    """What a connector link needs from the slot that keeps it up (shield/internal/pool.py)."""
 
-    def __init__(self, slot: "LinkSlot", mux_config: MuxConfig) -> None:
-        super().__init__(
-            client=True,
-            config=mux_config,
-            stream_factory=BackendStreamFactory(
-                slot.gateway.dialer,
-                lambda: slot.endpoint,
-                max_pending_opens=slot.gateway.config.max_pending_opens,
-                clock=slot.clock,
-                budget=slot.gateway.budget,
-            ),
-            clock=slot.clock,
-            budget=slot.gateway.budget,
-        )
-        self.slot = slot
+    @property
+    def endpoint(self) -> str:
+        """The DMZ endpoint's label, for log lines."""
+
+    def announcement(self) -> Announce:
+        """What to announce now: the name, priority and the services whose backends are up."""
+
+    def link_up(self, link: "ConnectorLinkEnd") -> None:
+        """The DMZ accepted the announcement: the link carries tunnels from now on."""
+
+    def link_lost(self, link: "ConnectorLinkEnd", uptime: float, reason: str) -> None:
+        """The link is gone (accepted or not), after ``uptime`` seconds, for ``reason``."""
+
+
+class ConnectorLinkEnd:
+    """The connector's side of one link (yamux client: it dialled); its ``mux`` is the protocol."""
+
+    def __init__(
+        self,
+        host: LinkHost,
+        mux_config: MuxConfig,
+        backend_streams: BackendStreamFactory,
+        clock: IReactorTime,
+        budget: BufferBudget | None = None,
+    ) -> None:
+        self.host = host
+        self.backend_streams = backend_streams
+        self.mux = link_mux(
+            self, client=True, config=mux_config, stream_factory=backend_streams, clock=clock, budget=budget,
+            keepalive_after_handshake=False,
+        )  # fmt: skip
         self.accepted = False
         self.services: tuple[str, ...] = ()
         self.dmz_name = ""
-        self.connected_at = time.monotonic()
+        self.clock = clock
+        self.connected_at = clock.seconds()
         self.control: MuxStream | None = None
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        set_no_delay(self.transport)
+    # -- MuxOwner ------------------------------------------------------------------------------
 
-    def handshakeCompleted(self) -> None:
-        self.control = self.open_stream(ControlClient(self, self._announcement()))
+    def mux_connected(self) -> None:
+        tune_link_socket(self.mux)
 
-    def _announcement(self) -> Announce:
-        gateway = self.slot.gateway.config
-        return Announce(
-            name=gateway.name,
-            priority=gateway.priority,
-            version=__version__,
-            services=self.slot.gateway.health.up_services(),
-        )
+    def mux_secured(self) -> None:
+        self.control = self.mux.open_stream(ControlClient(self, self.host.announcement()))
+
+    def mux_going_away(self) -> None:
+        """Drain: close the control stream too, so the link closes when the last tunnel ends."""
+        if self.control is not None:
+            self.control.loseConnection()
+
+    def stream_rejected(self, stream_id: int, reason: str) -> bool:
+        # A stream the mux refuses (RST: max-streams reached, or going away) is counted, and a
+        # burst of them is logged once per second, not once per stream as the mux would.
+        self.backend_streams.stream_rejected(stream_id, reason, not self.mux.session.local_go_away)
+        return True
+
+    def mux_lost(self, reason: Failure) -> None:
+        self.backend_streams.stop()
+        self.host.link_lost(self, self.clock.seconds() - self.connected_at, why_link_ended(self.mux, reason))
+
+    # -- the announcement ----------------------------------------------------------------------
 
     def announce_again(self) -> bool:
         """After a reload: tell the DMZ the services and priority of the new configuration."""
         control = self.control
         if control is None or not self.accepted or control.disconnecting:
             return False
-        control.write(encode(self._announcement()))
+        control.write(encode(self.host.announcement()))
         return True
 
     def reply_received(self, reply: AnnounceReply) -> None:
+        endpoint = self.host.endpoint
         self.dmz_name = reply.dmz_name
         for service, reason in reply.refused:
             log.warn(
                 "link to {endpoint}: DMZ {dmz!r} refused service {service!r}: {reason}",
-                endpoint=self.slot.endpoint, dmz=reply.dmz_name, service=service, reason=reason,
-            )
+                endpoint=endpoint, dmz=reply.dmz_name, service=service, reason=reason,
+            )  # fmt: skip
         if not reply.accepted:
             log.error(
                 "link to {endpoint}: DMZ {dmz!r} refused this connector: {message}",
-                endpoint=self.slot.endpoint, dmz=reply.dmz_name, message=reply.message,
-            )
-            self.close("refused by the DMZ")
+                endpoint=endpoint, dmz=reply.dmz_name, message=reply.message,
+            )  # fmt: skip
+            self.mux.close("refused by the DMZ")
             return
         again, self.accepted = self.accepted, True
         self.services = reply.services
         log.info(
             "link to {endpoint}: {what}; DMZ {dmz!r} accepted {services}",
-            endpoint=self.slot.endpoint, what="announced again" if again else "up", dmz=reply.dmz_name,
+            endpoint=endpoint, what="announced again" if again else "up", dmz=reply.dmz_name,
             services=", ".join(reply.services) or "no services",
         )  # fmt: skip
         if not again:
-            self.slot.link_up(self)
+            self.host.link_up(self)
 
-    def _dispatch(self, event: Event) -> None:
-        # A stream the mux refuses (RST: max-streams reached, or going away) is counted, and a
-        # burst of them is logged once per second, not once per stream as MuxProtocol would.
-        if isinstance(event, StreamRejected):
-            factory = self.stream_factory
-            assert isinstance(factory, BackendStreamFactory)
-            factory.stream_rejected(event.stream_id, event.reason, not self.session.local_go_away)
-            return
-        super()._dispatch(event)
+    def bad_reply(self, problem: WireError) -> None:
+        log.error("link to {endpoint}: bad announce reply: {problem}", endpoint=self.host.endpoint, problem=problem)
+        self.mux.close("bad announce reply")
 
-    def go_away(self):
-        """Drain: close the control stream too, so the link closes when the last tunnel ends."""
-        closed = super().go_away()
-        if self.control is not None:
-            self.control.loseConnection()
-        return closed
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        terminated = self.session.terminated
-        super().connectionLost(reason)
-        factory = self.stream_factory
-        if isinstance(factory, BackendStreamFactory):
-            factory.stop()
-        from shield.tls.contexts import describe_tls_failure
-
-        why = terminated.reason if terminated is not None else describe_tls_failure(reason)
-        self.slot.link_lost(self, time.monotonic() - self.connected_at, why)
+    @property
+    def tunnels(self) -> int:
+        """Tunnels open on this link (every stream but the control stream, open or already closed)."""
+        control = self.control
+        return sum(1 for stream in self.mux.streams.values() if stream is not control)
 
 
 class ControlClient(Protocol):
@@ -138,7 +139,7 @@ class ControlClient(Protocol):
 
     transport: IStreamTransport  # connected before any event reaches the protocol
 
-    def __init__(self, link: ConnectorLinkProtocol, announce: Announce) -> None:
+    def __init__(self, link: ConnectorLinkEnd, announce: Announce) -> None:
         self.link = link
         self.announce = announce
         self._reader = MessageReader((AnnounceReply,))
@@ -154,8 +155,7 @@ class ControlClient(Protocol):
                 reply, data = self._reader.feed(data)
             except WireError as problem:
                 self._done = True
-                log.error("link to {endpoint}: bad announce reply: {problem}", endpoint=self.link.slot.endpoint, problem=problem)
-                self.link.transport.loseConnection()
+                self.link.bad_reply(problem)
                 return
             if reply is None:
                 return

@@ -1,31 +1,47 @@
 """The connector's pool: for every DMZ endpoint, ``links`` slots that each keep one link up.
 
-Each slot dials, and after a failure or a lost link waits a backoff with full jitter (a random
-delay between 0 and 0.5 s doubling up to 30 s) before dialling again; the backoff starts over once
-a link has stayed up for 10 s, so a flapping DMZ is not hammered but a healthy one is rejoined fast.
+A slot is Twisted's ``ClientService`` (the reconnecting client the cluster uses too), with
+shield's ``Backoff`` as its retry policy: after a failure or a lost link it waits a random delay
+between 0 and 0.5 s doubling up to 30 s before dialling again, and the backoff starts over only
+once a link has stayed up for 10 s, so a DMZ that accepts and then drops links at once is not
+hammered (``ClientService``'s own count starts over at every connection), while a healthy one is
+rejoined fast.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
+from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from shield.addresses import host_port
+from shield.internal.backend import BackendStreamFactory
+from shield.internal.link import ConnectorLinkEnd
+from shield.link.roles import QuietClientService
+from shield.link.wire import Announce
+from shield.mux import MuxConfig
+from shield.mux.budget import BufferBudget
+from shield.mux.protocol import MuxProtocol
 from shield.net import is_ipv6
+from shield.tls.contexts import describe_tls_failure
 from shield.tls.transport import LinkTLSEndpoint
 from shield.transports import IGatewayReactor
-
-if TYPE_CHECKING:
-    from shield.internal.gateway import InternalGateway
-    from shield.internal.link import ConnectorLinkProtocol
 
 log = Logger(namespace="shield.internal.pool")
 
@@ -52,102 +68,159 @@ class Backoff:
             self.attempt = 0
 
 
-class LinkSlot:
-    """Keeps one link to one endpoint up until stopped."""
+class PoolHost(TypingProtocol):
+    """What the slots need from the connector gateway (shield/internal/gateway.py)."""
 
-    def __init__(self, gateway: "InternalGateway", endpoint: str, dial: IStreamClientEndpoint, index: int) -> None:
-        self.gateway = gateway
-        self.clock = gateway.reactor
+    @property
+    def mux_config(self) -> MuxConfig: ...
+
+    @property
+    def budget(self) -> BufferBudget: ...
+
+    def announcement(self) -> Announce:
+        """What a link announces now."""
+
+    def backend_streams(self, endpoint: str) -> BackendStreamFactory:
+        """A fresh factory for the streams one link to ``endpoint`` carries to the backends."""
+
+    def link_changed(self) -> None:
+        """A slot's link came up or went down."""
+
+
+class LinkSlot:
+    """Keeps one link to one endpoint up until drained; the ``LinkHost`` of its links."""
+
+    def __init__(
+        self, host: PoolHost, endpoint: str, dial: IStreamClientEndpoint, index: int, clock: IReactorTime
+    ) -> None:
+        self.host = host
+        self.clock = clock
         self.endpoint = endpoint
         self.index = index
         self.backoff = Backoff()
-        self.link: ConnectorLinkProtocol | None = None  # announced and accepted
-        self._dial = dial
-        self._protocol: ConnectorLinkProtocol | None = None
-        self._attempt: Deferred | None = None
-        self._timer: IDelayedCall | None = None
-        self._stopped = True
+        self.link: ConnectorLinkEnd | None = None  # announced and accepted
+        self._current: ConnectorLinkEnd | None = None  # connected, announced or not
         self._last_failure = ""
+        self._reason = ""
+        self._quiet_retry = False
+        self._draining = False
+        self._service = QuietClientService(
+            _ObservedDial(dial, self._dial_failed),
+            _LinkFactory(self),
+            retryPolicy=self._next_delay,
+            clock=clock,
+        )
 
     def start(self) -> None:
-        self._stopped = False
-        self._connect()
+        self._service.startService()
 
-    def _connect(self) -> None:
-        self._timer = None
-        if self._stopped:
-            return
-        from shield.internal.link import ConnectorLinkProtocol
+    # -- LinkHost ------------------------------------------------------------------------------
 
-        factory = Factory.forProtocol(lambda: ConnectorLinkProtocol(self, self.gateway.mux_config))
-        factory.noisy = False
-        self._attempt = self._dial.connect(factory)
-        self._attempt.addCallbacks(self._connected, self._failed)
+    def announcement(self) -> Announce:
+        return self.host.announcement()
 
-    def _connected(self, protocol: "ConnectorLinkProtocol") -> None:
-        self._attempt = None
-        self._protocol = protocol
-
-    def _failed(self, failure: Failure) -> None:
-        self._attempt = None
-        if self._stopped:
-            return
-        from shield.tls.contexts import describe_tls_failure
-
-        self._retry(describe_tls_failure(failure))
-
-    def link_up(self, protocol: "ConnectorLinkProtocol") -> None:
-        self.link = protocol
+    def link_up(self, link: ConnectorLinkEnd) -> None:
+        self.link = link
         self._last_failure = ""
-        self.gateway.link_changed()
+        self.host.link_changed()
 
-    def link_lost(self, protocol: "ConnectorLinkProtocol", uptime: float, reason: str) -> None:
-        was_up = self.link is protocol
+    def link_lost(self, link: ConnectorLinkEnd, uptime: float, reason: str) -> None:
+        was_up = self.link is link
         if was_up:
             self.link = None
-            self.gateway.link_changed()
-        if self._protocol is protocol:
-            self._protocol = None
+            self.host.link_changed()
+        if self._current is link:
+            self._current = None
         self.backoff.link_lasted(uptime)
-        if self._stopped:
+        if self._draining:
             return
         if was_up:
             log.warn("link to {endpoint}: lost after {uptime:.1f} s: {reason}", endpoint=self.endpoint, uptime=uptime, reason=reason)
-        self._retry(reason, quiet=was_up)
+        self._failed(reason, quiet=was_up)
 
-    def _retry(self, reason: str, quiet: bool = False) -> None:
+    # -- the reconnecting client ---------------------------------------------------------------
+
+    def new_link(self) -> ConnectorLinkEnd:
+        host = self.host
+        link = ConnectorLinkEnd(self, host.mux_config, host.backend_streams(self.endpoint), self.clock, host.budget)
+        self._current = link
+        return link
+
+    def _dial_failed(self, failure: Failure) -> None:
+        if not self._draining:
+            self._failed(describe_tls_failure(failure))
+
+    def _failed(self, reason: str, quiet: bool = False) -> None:
+        """Remembered for the retry policy, which ``ClientService`` calls next."""
+        self._quiet_retry = quiet
+        self._reason = reason
+
+    def _next_delay(self, failed_attempts: int) -> float:
+        """The retry policy: shield's backoff (``failed_attempts``, ClientService's own count,
+        starts over at every connection, accepted or not, so it is not used)."""
         delay = self.backoff.next_delay()
-        if not quiet and (reason != self._last_failure or self.backoff.attempt <= 1):
+        reason = self._reason
+        if not self._quiet_retry and (reason != self._last_failure or self.backoff.attempt <= 1):
             log.warn(
                 "link to {endpoint}: {reason}; retrying in {delay:.2f} s",
                 endpoint=self.endpoint, reason=reason, delay=delay,
-            )
+            )  # fmt: skip
         self._last_failure = reason
-        self._timer = self.clock.callLater(delay, self._connect)
+        return delay
 
-    def drain(self) -> Deferred:
+    def drain(self) -> Deferred[None]:
         """Stop redialling; GoAway on the link; fires once it is closed."""
-        self._stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._attempt is not None:
-            attempt, self._attempt = self._attempt, None
-            attempt.cancel()
-        protocol = self._protocol
-        if protocol is None or protocol.transport is None:
-            return succeed(None)
-        return protocol.go_away()
+        self._draining = True
+        link = self._current
+        if link is None or not link.mux.is_open:
+            return self._service.stopService()
+        closed: Deferred[None] = Deferred()
+
+        def stop(_: object) -> None:
+            self._service.stopService().chainDeferred(closed)
+
+        link.mux.go_away().addBoth(stop)
+        return closed
 
     def abort(self, reason: str) -> None:
-        protocol = self._protocol
-        if protocol is not None and protocol.is_open:
-            protocol.abort(reason)
+        link = self._current
+        if link is not None and link.mux.is_open:
+            link.mux.abort(reason)
 
     @property
     def tunnels(self) -> int:
-        protocol = self._protocol
-        return 0 if protocol is None else max(0, len(protocol.streams) - 1)
+        link = self._current
+        return 0 if link is None else link.tunnels
+
+
+class _LinkFactory(Factory):
+    """A slot's links: each connection is a new ``ConnectorLinkEnd``, whose mux is the protocol."""
+
+    noisy = False
+
+    def __init__(self, slot: LinkSlot) -> None:
+        self.slot = slot
+
+    def buildProtocol(self, addr: IAddress | None) -> MuxProtocol:
+        return self.slot.new_link().mux
+
+
+@implementer(IStreamClientEndpoint)
+class _ObservedDial:
+    """The slot's endpoint, telling the slot why a dial failed before ``ClientService`` retries."""
+
+    def __init__(self, dial: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
+        self._dial = dial
+        self._failed = failed
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        attempt: Deferred[IProtocol] = self._dial.connect(factory)
+
+        def observe(failure: Failure) -> Failure:
+            self._failed(failure)
+            return failure
+
+        return attempt.addErrback(observe)
 
 
 @dataclass(eq=False)

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IHandshakeListener,
     IProtocol,
     IProtocolFactory,
     IPushProducer,
@@ -65,6 +66,32 @@ class _Pending(TypingProtocol):
     def cancel(self) -> None: ...
 
 
+class MuxOwner(TypingProtocol):
+    """What a link's mux tells the object that gives the link its role.
+
+    The DMZ end of a connector link, the connector end and a cluster member link each compose a
+    ``MuxProtocol`` with themselves as its owner, rather than subclassing it: the mux stays one
+    class whose internals nobody overrides, and each role sees only these five events.
+    """
+
+    def mux_connected(self) -> None:
+        """The underlying connection is up (TLS may still be shaking hands)."""
+
+    def mux_secured(self) -> None:
+        """The TLS handshake completed: the peer's certificate can be read now."""
+
+    def mux_going_away(self) -> None:
+        """``go_away`` was called here: close what the role keeps open (its control stream)."""
+
+    def stream_rejected(self, stream_id: int, reason: str) -> bool:
+        """This side refused a stream the peer opened (max-streams reached, or going away): True
+        when the owner accounted for it, else the mux logs it."""
+
+    def mux_lost(self, reason: Failure) -> None:
+        """The connection is gone and every stream has ended; ``MuxProtocol.ended_by`` says
+        why when this side ended it."""
+
+
 def _refused_summary(key: Hashable, more: int, last: str, every: float) -> str:
     return f"{more} more streams refused in the last second: nothing accepts streams here (last: {last})"
 
@@ -75,13 +102,16 @@ def _default_clock() -> IReactorTime:
     return reactor
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class MuxProtocol(Protocol):
     """A yamux session over ``self.transport``; streams are ``MuxStream`` transports.
 
     ``client`` is True on the side that opened the underlying connection (odd stream ids).
     Streams the peer opens get a protocol from ``stream_factory.buildProtocol(address)``; a
-    factory returning None (or no factory at all) refuses the stream with RST.
+    factory returning None (or no factory at all) refuses the stream with RST. An ``owner``
+    (``MuxOwner``) hears of the link's life; ``keepalive_after_handshake`` makes a link under
+    TLS ping only once TLS is up: before that its handshake deadline rules, and a peer that never
+    finishes TLS gets one reason, not two.
     """
 
     log = Logger()
@@ -94,8 +124,15 @@ class MuxProtocol(Protocol):
         stream_factory: IProtocolFactory | None = None,
         clock: IReactorTime | None = None,
         budget: BufferBudget | None = None,
+        owner: MuxOwner | None = None,
+        keepalive_after_handshake: bool = False,
     ) -> None:
         self.config = config if config is not None else MuxConfig()
+        self.owner = owner
+        self.keepalive_after_handshake = keepalive_after_handshake
+        #: Why this side ended the link (a protocol error, ``close``, ``abort``), once it is lost;
+        #: None when the peer or the network ended it.
+        self.ended_by: str | None = None
         #: What the gateway's streams may hold at once, shared by all its links.
         self.budget = budget if budget is not None else unlimited()
         self.session = Session(client, self.config)
@@ -160,6 +197,8 @@ class MuxProtocol(Protocol):
             self.log.info("mux {peer}: going away, open streams: {n}", peer=self._peer(), n=len(self.streams))
             self.schedule_flush(None)
             self._close_if_drained()
+        if self.owner is not None:
+            self.owner.mux_going_away()
         return closed
 
     def when_closed(self) -> Deferred[str]:
@@ -214,10 +253,15 @@ class MuxProtocol(Protocol):
                 pass
         if not self.keepalive_after_handshake:
             self.start_keepalive()
+        if self.owner is not None:
+            self.owner.mux_connected()
 
-    #: A link under TLS pings only once TLS is up: before that its handshake deadline rules, and
-    #: a peer that never finishes TLS gets one reason, not two.
-    keepalive_after_handshake = False
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: TLS under this mux is up."""
+        if self.keepalive_after_handshake:
+            self.start_keepalive()
+        if self.owner is not None:
+            self.owner.mux_secured()
 
     def start_keepalive(self) -> None:
         interval = self.config.keepalive_interval
@@ -258,6 +302,8 @@ class MuxProtocol(Protocol):
         if self._batch:  # data that arrived in the same read as the close comes first
             self.end_batch()
         self._batch = None
+        terminated = self.session.terminated
+        self.ended_by = terminated.reason if terminated is not None else self._close_reason
         self._connected = False
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
@@ -276,6 +322,8 @@ class MuxProtocol(Protocol):
         waiters, self._closed_waiters = self._closed_waiters, []
         for closed in waiters:
             closed.callback(self._close_reason)
+        if self.owner is not None:
+            self.owner.mux_lost(reason)
 
     # -- IPushProducer: our transport's buffer is full / has room -------------------------------
 
@@ -378,6 +426,8 @@ class MuxProtocol(Protocol):
                 if stream is not None:
                     stream.reset_by_peer(reason)
             case StreamRejected(stream_id, reason):
+                if self.owner is not None and self.owner.stream_rejected(stream_id, reason):
+                    return
                 self.log.warn(
                     "mux {peer}: refused stream {id}: {reason}", peer=self._peer(), id=stream_id, reason=reason
                 )

@@ -1,7 +1,7 @@
 """DMZ cluster members in memory, shared by the ``test_*_inprocess.py`` files of tests/cluster.
 
 Each member is a real ``ClusterNode`` on one ``MemoryReactorClock`` (``start`` listens on the
-memory reactor and beats with the clock). A member link is a pair of real ``MemberLinkProtocol``
+memory reactor and beats with the clock). A member link is a pair of real ``MemberLink``
 joined by ``twisted.test.iosim``; TLS is left out: each transport presents the certificate the
 peer would show, and the test calls ``handshakeCompleted`` as the TLS layer would. A link can be
 *partitioned*: its bytes wait in the transports, as on a network that went silent.
@@ -35,7 +35,7 @@ capture_log = dmz_world_inprocess.capture_log
 # close is carried out still go out; an abort drops them). A partition holds the pump, not this.
 CertifiedTransport = dmz_world_inprocess.CertifiedTransport
 
-from shield.cluster.link import MemberLinkProtocol
+from shield.cluster.link import MemberLink
 from shield.cluster.messages import ForwardReply, ForwardRequest, ServiceState
 from shield.cluster.node import ClusterNode
 from shield.config.model import DmzCluster, Uri
@@ -103,14 +103,14 @@ def local(node: ClusterNode) -> Local:
 class MemberPair:
     """One member link: the dialling side and the accepting side, and the pump between them."""
 
-    def __init__(self, dialled: MemberLinkProtocol, accepted: MemberLinkProtocol, pump: iosim.IOPump) -> None:
+    def __init__(self, dialled: MemberLink, accepted: MemberLink, pump: iosim.IOPump) -> None:
         self.dialled = dialled
         self.accepted = accepted
         self.pump = pump
         self.partitioned = False
 
-    def end_of(self, node: ClusterNode) -> MemberLinkProtocol:
-        return self.dialled if self.dialled.node is node else self.accepted
+    def end_of(self, node: ClusterNode) -> MemberLink:
+        return self.dialled if self.dialled.host is node else self.accepted
 
 
 class Cluster:
@@ -133,18 +133,18 @@ class Cluster:
         """``a`` dials ``b``; each presents a certificate naming itself (or ``*_shows``)."""
         a_address = IPv4Address("TCP", a.config.accept.host, 40000 + len(self.pairs))
         b_address = IPv4Address("TCP", b.config.accept.host, b.config.accept.port)
-        dialled = MemberLinkProtocol(a, True, str(b.config.accept))
-        accepted = MemberLinkProtocol(b, False, f"{a_address.host}:{a_address.port}")
+        dialled = MemberLink(a, True, str(b.config.accept), a.mux_config, self.clock)
+        accepted = MemberLink(b, False, f"{a_address.host}:{a_address.port}", b.mux_config, self.clock)
         pump = iosim.connect(
-            accepted, CertifiedTransport(accepted, True, a.own_name if a_shows == "" else a_shows, b_address, a_address),
-            dialled, CertifiedTransport(dialled, False, b.own_name if b_shows == "" else b_shows, a_address, b_address),
+            accepted.mux, CertifiedTransport(accepted.mux, True, a.own_name if a_shows == "" else a_shows, b_address, a_address),
+            dialled.mux, CertifiedTransport(dialled.mux, False, b.own_name if b_shows == "" else b_shows, a_address, b_address),
             greet=False, clock=self.clock,
         )  # fmt: skip
         pair = MemberPair(dialled, accepted, pump)
         self.pairs.append(pair)
         if handshake:
-            dialled.handshakeCompleted()
-            accepted.handshakeCompleted()
+            dialled.mux.handshakeCompleted()
+            accepted.mux.handshakeCompleted()
         self.run()
         return pair
 

@@ -161,7 +161,7 @@ def test_without_any_member_that_serves_it_the_reply_says_so(log: LogLines) -> N
 
 def test_a_member_that_does_not_answer_in_time_is_skipped_after_open_timeout() -> None:
     c, a, b, d = cluster(a=9, b=0, d=4)
-    silent = next(pair for pair in c.pairs if {pair.dialled.node, pair.accepted.node} == {a, b})
+    silent = next(pair for pair in c.pairs if {pair.dialled.host, pair.accepted.host} == {a, b})
     silent.partitioned = True
     lb = Balancer(c, a, open_timeout=2.0)
     client = lb.connect()

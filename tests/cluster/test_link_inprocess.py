@@ -47,7 +47,7 @@ def test_a_heartbeat_for_another_cluster_closes_the_link(log: LogLines) -> None:
 
     assert log.having("member 'x' belongs to cluster 'other', not 'c1'; link closed")
     assert a.alive_members() == []
-    assert not pair.accepted.is_open
+    assert not pair.accepted.mux.is_open
 
 
 def test_a_heartbeat_that_names_someone_else_than_the_certificate_closes_the_link(log: LogLines) -> None:
@@ -58,7 +58,7 @@ def test_a_heartbeat_that_names_someone_else_than_the_certificate_closes_the_lin
 
     assert log.having("heartbeat names 'b' but the certificate says 'mallory'; link closed")
     assert a.alive_members() == []
-    assert not pair.accepted.is_open
+    assert not pair.accepted.mux.is_open
 
 
 def test_a_link_to_itself_is_closed_and_not_dialled_again(log: LogLines) -> None:
@@ -67,7 +67,7 @@ def test_a_link_to_itself_is_closed_and_not_dialled_again(log: LogLines) -> None
     twin = c.node("a-again")
     pair = c.link(a, twin, b_shows="a")  # a dialled a members address that turns out to be a itself
 
-    assert not pair.dialled.is_open
+    assert not pair.dialled.mux.is_open
     assert a.links == set() and a.alive_members() == []
     assert log.having(f"cluster: {pair.dialled.endpoint} is this member itself; not dialling it")
 
@@ -78,9 +78,9 @@ def test_no_tls_handshake_within_the_timeout_cuts_the_link(log: LogLines) -> Non
     pair = c.link(a, b, handshake=False)
 
     c.advance(HANDSHAKE_TIMEOUT - 0.25)
-    assert pair.accepted.is_open and pair.dialled.is_open
+    assert pair.accepted.mux.is_open and pair.dialled.mux.is_open
     c.advance(0.25)
-    assert not pair.accepted.is_open and not pair.dialled.is_open
+    assert not pair.accepted.mux.is_open and not pair.dialled.mux.is_open
     # Each side says so once: the dialler per endpoint, the acceptor per source host.
     assert log.having(f"cluster c1: no member link to {pair.dialled.endpoint}: no TLS handshake within 10 s")
     assert log.having(f"cluster c1: no member link from {pair.accepted.endpoint}: no TLS handshake within 10 s")
@@ -90,7 +90,7 @@ def test_a_lost_link_makes_the_member_dead_at_once(log: LogLines) -> None:
     c = Cluster()
     a, b = c.node("a"), c.node("b")
     pair = c.link(a, b)
-    pair.dialled.abort("test cuts the link")
+    pair.dialled.mux.abort("test cuts the link")
     c.run()
 
     assert a.alive_members() == [] and b.alive_members() == []
@@ -191,4 +191,4 @@ def test_a_member_that_cannot_take_a_client_keeps_its_link_for_the_others(log: L
     assert isinstance(failure.value, ForwardFailed)
     assert failure.value.status == 502
     assert "internal error on the member" in failure.value.reason
-    assert pair.accepted.is_open and a.alive_members() == ["b"]
+    assert pair.accepted.mux.is_open and a.alive_members() == ["b"]

@@ -2,9 +2,9 @@
 
 No sockets, no subprocesses, one fake clock:
 
-- A connector is the real ``ConnectorLinkProtocol`` (shield/internal/link.py) with a fake pool
+- A connector is the real ``ConnectorLinkEnd`` (shield/internal/link.py) with a fake pool
   slot; its backend dialer hands out in-memory backends (``Pipe``) or refuses, or holds the dial.
-- The DMZ side of each link is the real ``DmzLinkProtocol`` built by ``BackplaneFactory``; the two
+- The DMZ side of each link is the real ``DmzLinkEnd`` built by ``BackplaneFactory``; the two
   are joined by ``twisted.test.iosim``. TLS is left out: the DMZ's transport answers
   ``getPeerCertificate`` with a certificate naming the connector (what the TLS layer would give),
   and the test calls ``handshakeCompleted`` on both sides as the TLS layer would.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import functools
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator, cast
 
 from cryptography import x509
@@ -44,11 +43,13 @@ from shield.config.model import (
     KeepaliveSettings,
     Uri,
 )
-from shield.dmz.backplane import BackplaneFactory, DmzLinkProtocol
+from shield.dmz.backplane import BackplaneFactory, DmzLinkEnd
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.dmz.tunnel import OpenFailed, TunnelOpener, TunnelStream
-from shield.internal.backend import BackendConnection, BackendDialer
-from shield.internal.link import ConnectorLinkProtocol
+from shield import __version__
+from shield.internal.backend import BackendConnection, BackendDialer, BackendStreamFactory
+from shield.link.wire import Announce
+from shield.internal.link import ConnectorLinkEnd
 from shield.mux.config import MuxConfig
 from shield.ops.metrics import Metrics
 from shield.tls.transport import LinkTLSFactory
@@ -249,7 +250,7 @@ class Dialer(BackendDialer):
 
 
 class Connector:
-    """What ``ConnectorLinkProtocol`` reads of its pool slot (shield/internal/pool.py LinkSlot)."""
+    """A connector's pool slot as its links see it (``LinkHost``, shield/internal/link.py)."""
 
     def __init__(
         self, name: str, offers: tuple[str, ...], clock: MemoryReactorClock, priority: int = 100,
@@ -260,19 +261,25 @@ class Connector:
         self.dialer = Dialer(offers if serves is None else serves, clock, mode)
         self.clock = clock
         self.endpoint = f"{DMZ_ADDRESS.host}:{DMZ_ADDRESS.port}"
-        self.gateway = SimpleNamespace(
-            dialer=self.dialer,
-            config=SimpleNamespace(name=name, priority=priority, max_pending_opens=max_pending_opens),
-            budget=None,
-            health=SimpleNamespace(up_services=lambda: self.offers),
-        )
-        self.up: list[ConnectorLinkProtocol] = []
+        self.priority = priority
+        self.max_pending_opens = max_pending_opens
+        self.up: list[ConnectorLinkEnd] = []
         self.lost: list[str] = []
 
-    def link_up(self, protocol: ConnectorLinkProtocol) -> None:
-        self.up.append(protocol)
+    def announcement(self) -> Announce:
+        return Announce(name=self.name, priority=self.priority, version=__version__, services=self.offers)
 
-    def link_lost(self, protocol: ConnectorLinkProtocol, uptime: float, reason: str) -> None:
+    def new_link(self) -> ConnectorLinkEnd:
+        """A link as the connector's pool makes one (shield/internal/pool.py ``LinkSlot.new_link``)."""
+        streams = BackendStreamFactory(
+            self.dialer, lambda: self.endpoint, max_pending_opens=self.max_pending_opens, clock=self.clock
+        )
+        return ConnectorLinkEnd(self, MuxConfig(keepalive_interval=0), streams, self.clock)
+
+    def link_up(self, link: ConnectorLinkEnd) -> None:
+        self.up.append(link)
+
+    def link_lost(self, link: ConnectorLinkEnd, uptime: float, reason: str) -> None:
         self.lost.append(reason)
 
 
@@ -303,9 +310,9 @@ def dmz_config(
 
 
 class Link:
-    """One backplane link: the DMZ's protocol, the connector's, and the pump between them."""
+    """One backplane link: the DMZ's end, the connector's, and the pump between them."""
 
-    def __init__(self, dmz: DmzLinkProtocol, connector: ConnectorLinkProtocol, pump: iosim.IOPump) -> None:
+    def __init__(self, dmz: DmzLinkEnd, connector: ConnectorLinkEnd, pump: iosim.IOPump) -> None:
         self.dmz = dmz
         self.connector = connector
         self.pump = pump
@@ -338,19 +345,21 @@ class World:
         """Dial a link from ``connector``; its certificate names ``identity`` (default: its name)."""
         self._port += 1
         peer = IPv4Address("TCP", "198.18.0.2", self._port)
-        dmz = self.backplane.buildProtocol(peer)
-        ours = ConnectorLinkProtocol(connector, MuxConfig(keepalive_interval=0))  # type: ignore[arg-type]
+        dmz_mux = self.backplane.buildProtocol(peer)
+        dmz = dmz_mux.owner
+        assert isinstance(dmz, DmzLinkEnd)
+        ours = connector.new_link()
         pump = iosim.connect(
-            dmz, CertifiedTransport(dmz, True, connector.name if identity == "" else identity, DMZ_ADDRESS, peer),
-            ours, TcpTransport(ours, False, peer, DMZ_ADDRESS),
+            dmz_mux, CertifiedTransport(dmz_mux, True, connector.name if identity == "" else identity, DMZ_ADDRESS, peer),
+            ours.mux, TcpTransport(ours.mux, False, peer, DMZ_ADDRESS),
             greet=False, clock=self.clock,
         )  # fmt: skip
         link = Link(dmz, ours, pump)
         self.links.append(link)
         if handshake:
-            dmz.handshakeCompleted()  # what the TLS layer calls once the handshake is done
+            dmz_mux.handshakeCompleted()  # what the TLS layer calls once the handshake is done
             if announce:
-                ours.handshakeCompleted()
+                ours.mux.handshakeCompleted()
         self.run()
         return link
 
@@ -362,7 +371,7 @@ class World:
         server = LinkTLSFactory(server_tls, False, self.backplane, clock=self.clock)
         client = LinkTLSFactory(
             client_tls, True,
-            Factory.forProtocol(lambda: ConnectorLinkProtocol(connector, MuxConfig(keepalive_interval=0))),  # type: ignore[arg-type]
+            Factory.forProtocol(lambda: connector.new_link().mux),
             clock=self.clock,
         )  # fmt: skip
         dmz_tls, connector_tls = server.buildProtocol(peer), client.buildProtocol(DMZ_ADDRESS)
@@ -371,8 +380,8 @@ class World:
             connector_tls, TcpTransport(connector_tls, False, peer, DMZ_ADDRESS),
             greet=False, clock=self.clock,
         )  # fmt: skip
-        dmz, ours = dmz_tls.wrappedProtocol, connector_tls.wrappedProtocol
-        assert isinstance(dmz, DmzLinkProtocol) and isinstance(ours, ConnectorLinkProtocol)
+        dmz, ours = dmz_tls.wrappedProtocol.owner, connector_tls.wrappedProtocol.owner
+        assert isinstance(dmz, DmzLinkEnd) and isinstance(ours, ConnectorLinkEnd)
         link = Link(dmz, ours, pump)
         self.links.append(link)
         self.run()
@@ -401,7 +410,7 @@ class World:
     def _dialers(self) -> Iterator[Dialer]:
         seen: set[int] = set()
         for link in self.links:
-            dialer = link.connector.slot.dialer  # type: ignore[attr-defined]
+            dialer = link.connector.backend_streams.dialer
             if id(dialer) not in seen:
                 seen.add(id(dialer))
                 yield dialer

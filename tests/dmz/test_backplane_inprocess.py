@@ -1,6 +1,6 @@
 """The DMZ backplane in process: a real connector link announcing itself to the real DMZ protocol.
 
-The connector is ``ConnectorLinkProtocol`` (what shield-internal runs), the DMZ side is what
+The connector is ``ConnectorLinkEnd`` (what shield-internal runs), the DMZ side is what
 ``BackplaneFactory`` builds; iosim joins them, and the DMZ's transport presents the connector's
 certificate identity as TLS would. What is checked is what an operator sees: the reply the
 connector gets, the log lines on both sides, and the links the router can use.
@@ -74,7 +74,7 @@ def test_an_identity_not_in_the_connectors_list_is_refused_and_the_link_closed(l
     assert log.having(f"refused connector announcement: {refusal}")
     assert log.having(f"DMZ 'dmz1' refused this connector: {refusal}")
     # Both ends are closed; the connector's pool hears the link is lost (and will back off).
-    assert not link.dmz.is_open and not link.connector.is_open
+    assert not link.dmz.mux.is_open and not link.connector.mux.is_open
     assert len(stranger.lost) == 1 and stranger.up == []
 
 
@@ -87,7 +87,7 @@ def test_a_name_that_is_not_the_certificate_identity_is_refused(log: LogLines) -
     assert link.connector.accepted is False
     assert w.registry.links == []
     assert log.having("announced name 'internal2' is not the certificate identity 'internal1'")
-    assert not link.dmz.is_open
+    assert not link.dmz.mux.is_open
 
 
 def test_a_link_without_a_client_certificate_identity_is_refused(log: LogLines) -> None:
@@ -118,7 +118,7 @@ def test_a_lost_link_leaves_the_registry_and_the_router(log: LogLines) -> None:
     assert changes == [1, 2]
     assert w.registry.links_per_connector() == {"internal1": 2}
 
-    first.connector.transport.loseConnection()  # the connector's end of the TCP link closes
+    first.connector.mux.transport.loseConnection()  # the connector's end of the TCP link closes
     w.run()
 
     assert w.registry.links == [second.registered]
@@ -135,7 +135,7 @@ def test_a_connector_going_away_is_counted_out_before_its_link_closes() -> None:
     assert registered is not None
     w.registry.on_change(lambda: changes.append(registered.usable))
 
-    link.connector.go_away()  # drain: GoAway, no new streams; the link stays up meanwhile
+    link.connector.mux.go_away()  # drain: GoAway, no new streams; the link stays up meanwhile
     w.run()
 
     assert changes and changes[0] is False
@@ -148,10 +148,10 @@ def test_no_announcement_within_the_timeout_closes_the_link(log: LogLines) -> No
     link = w.link(w.connector("internal1"), announce=False)  # TLS up, but it never announces
 
     w.advance(ANNOUNCE_TIMEOUT - 0.5)
-    assert link.dmz.is_open
+    assert link.dmz.mux.is_open
     assert not log.having("no announcement")
     w.advance(0.5)
-    assert not link.dmz.is_open
+    assert not link.dmz.mux.is_open
     assert log.having(f"no announcement within {ANNOUNCE_TIMEOUT:g} s; closed")
     assert w.registry.links == []
 
@@ -161,7 +161,7 @@ def test_no_tls_handshake_within_the_timeout_closes_the_link(log: LogLines) -> N
     link = w.link(w.connector("internal1"), handshake=False)
 
     w.advance(ANNOUNCE_TIMEOUT)
-    assert not link.dmz.is_open
+    assert not link.dmz.mux.is_open
     assert log.having(f"no TLS handshake within {ANNOUNCE_TIMEOUT:g} s; closed")
 
 
@@ -169,19 +169,19 @@ def test_an_announcement_in_time_stops_the_timer() -> None:
     w = world()
     link = w.link(w.connector("internal1"))
     w.advance(ANNOUNCE_TIMEOUT * 3, step=ANNOUNCE_TIMEOUT)
-    assert link.dmz.is_open and w.registry.pick("echo") is link.registered
+    assert link.dmz.mux.is_open and w.registry.pick("echo") is link.registered
 
 
 def test_a_second_stream_from_the_connector_is_refused(log: LogLines) -> None:
     w = world()
     link = w.link(w.connector("internal1"))
     extra = Protocol()
-    stream = link.connector.open_stream(extra)
+    stream = link.connector.mux.open_stream(extra)
     w.run()
 
     assert log.having("connector opened an extra stream; refused")
     assert not stream.connected  # reset by the DMZ
-    assert link.dmz.is_open and w.registry.pick("echo") is link.registered
+    assert link.dmz.mux.is_open and w.registry.pick("echo") is link.registered
 
 
 def test_announcing_again_withdraws_and_offers_again_without_a_new_link(log: LogLines) -> None:
@@ -216,7 +216,7 @@ def test_announcing_again_under_another_name_is_refused(log: LogLines) -> None:
     w.run()
 
     assert log.having("announced name 'internal9' is not this link's connector")
-    assert not link.dmz.is_open
+    assert not link.dmz.mux.is_open
     assert w.registry.links == []
 
 
@@ -224,11 +224,11 @@ def test_a_dmz_draining_closes_the_control_stream_and_then_the_link() -> None:
     w = world()
     link = w.link(w.connector("internal1"))
     closed: list[str] = []
-    link.dmz.go_away().addCallback(closed.append)
+    link.dmz.mux.go_away().addCallback(closed.append)
     w.run()
 
     assert closed, "a link with no tunnels closes once the DMZ goes away"
-    assert not link.connector.is_open
+    assert not link.connector.mux.is_open
     assert w.registry.links == []
 
 
@@ -261,5 +261,5 @@ def test_over_tls_a_refused_connector_s_link_is_closed(pki: Path, log: LogLines)
     assert w.registry.links == []
 
     w.advance(30.0, step=5.0)
-    assert not link.dmz.is_open and not link.connector.is_open
+    assert not link.dmz.mux.is_open and not link.connector.mux.is_open
     assert len(connector.lost) == 1

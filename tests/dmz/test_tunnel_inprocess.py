@@ -145,13 +145,13 @@ def test_a_connector_going_away_takes_no_new_client() -> None:
     leaving = w.link(w.connector("internal1", priority=200))
     staying = w.connector("internal2", priority=100)
     w.link(staying)
-    leaving.connector.go_away()
+    leaving.connector.mux.go_away()
     w.run()
 
     assert opened(w.open()).link.connector == "internal2"
     leaving_only = world()
     alone = leaving_only.link(leaving_only.connector("internal1"))
-    alone.connector.go_away()
+    alone.connector.mux.go_away()
     leaving_only.run()
     problem = failed(leaving_only.open())
     assert problem.status == 503

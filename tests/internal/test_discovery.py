@@ -294,11 +294,11 @@ class GatewayResolver:
         return succeed(list(answer))
 
 
-class FakeLink:
-    """Stands in for a ConnectorLinkProtocol that is up: records GoAway, closes when told."""
+class FakeMux:
+    """Stands in for the mux of a link that is up: records GoAway, closes when told."""
 
     def __init__(self) -> None:
-        self.transport = object()
+        self.transport: object | None = object()
         self.went_away = False
         self.closed: Deferred[str] = Deferred()
         self.streams: dict[int, object] = {}
@@ -307,6 +307,18 @@ class FakeLink:
     def go_away(self) -> Deferred[str]:
         self.went_away = True
         return self.closed
+
+
+class FakeLink:
+    """Stands in for a ``ConnectorLinkEnd`` whose DMZ accepted it."""
+
+    def __init__(self) -> None:
+        self.mux = FakeMux()
+        self.tunnels = 0
+
+    @property
+    def went_away(self) -> bool:
+        return self.mux.went_away
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +365,7 @@ def bring_up(gateway: InternalGateway, label: str) -> list[FakeLink]:
     links = []
     for slot in gateway.endpoints[label].slots:
         link = FakeLink()
-        slot._protocol = link  # type: ignore[assignment]
+        slot._current = link  # type: ignore[assignment]  # as if the slot's reconnecting client had dialled it
         slot.link_up(link)  # type: ignore[arg-type]
         links.append(link)
     return links
@@ -396,9 +408,10 @@ def test_the_pool_follows_the_addresses_of_a_connect_host(certs: Path, logged: l
 
     # Their links close once their tunnels are done: no redial, no series comes back.
     for slot, link in zip(retired, old):
-        link.transport = None
+        link.mux.transport = None
+        link.mux.is_open = False
         slot.link_lost(link, 60.0, "closed after GoAway")  # type: ignore[arg-type]
-        link.closed.callback("closed after GoAway")
+        link.mux.closed.callback("closed after GoAway")
     assert gateway.retiring == set()
     assert len(dialled(reactor)) == 4
     assert links_up(gateway, "10.0.0.1:5941") is None
@@ -468,7 +481,7 @@ def test_a_removed_endpoint_still_draining_is_aborted_when_the_grace_period_ends
     gateway, reactor = connector(certs, resolver, "dmz.example", links=1)
     (link,) = bring_up(gateway, "10.0.0.1:5941")
     aborted: list[str] = []
-    link.abort = aborted.append  # type: ignore[attr-defined]
+    link.mux.abort = aborted.append  # type: ignore[attr-defined]
     resolver.answers["dmz.example"] = ["10.0.0.2"]
     reactor.advance(30.0)
     assert link.went_away and len(gateway.retiring) == 1

@@ -26,9 +26,10 @@ from shield.internal.backend import (
     OPEN_HEADER_TIMEOUT,
     BackendConnection,
     BackendDialer,
+    BackendStreamFactory,
     RefusalLog,
 )
-from shield.internal.link import ConnectorLinkProtocol
+from shield.internal.link import ConnectorLinkEnd
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, encode
 from shield.mux.config import MuxConfig
 from shield.mux.protocol import MuxProtocol
@@ -94,27 +95,25 @@ def open_header(service: str = "echo") -> bytes:
 
 
 class Pair:
-    """A connector link (the real ``ConnectorLinkProtocol``) and a DMZ mux, in memory."""
+    """A connector link (the real ``ConnectorLinkEnd``) and a DMZ mux, in memory."""
 
     def __init__(self, max_pending: int = 3, max_streams: int = 16384) -> None:
         self.clock = MemoryReactorClock()
         self.dialer = HeldDialer(self.clock)
         self.lost_reasons: list[str] = []
-        gateway = SimpleNamespace(dialer=self.dialer, config=SimpleNamespace(max_pending_opens=max_pending), budget=None)
-        slot = SimpleNamespace(
-            gateway=gateway,
-            endpoint="192.0.2.9:5941",
-            clock=self.clock,
-            link_lost=lambda protocol, uptime, reason: self.lost_reasons.append(reason),
-        )
+        endpoint = "192.0.2.9:5941"
+        host = SimpleNamespace(
+            endpoint=endpoint, link_lost=lambda link, uptime, reason: self.lost_reasons.append(reason)
+        )  # the link's LinkHost: only its losses matter here
         config = MuxConfig(keepalive_interval=0, max_streams=max_streams)
-        self.connector = ConnectorLinkProtocol(slot, config)  # type: ignore[arg-type]
+        streams = BackendStreamFactory(self.dialer, lambda: endpoint, max_pending_opens=max_pending, clock=self.clock)
+        self.connector = ConnectorLinkEnd(host, config, streams, self.clock)
         self.dmz = MuxProtocol(False, MuxConfig(keepalive_interval=0), None, self.clock)
         self.pump = iosim.connect(
             self.dmz,
             iosim.FakeTransport(self.dmz, isServer=True),
-            self.connector,
-            iosim.FakeTransport(self.connector, isServer=False),
+            self.connector.mux,
+            iosim.FakeTransport(self.connector.mux, isServer=False),
             greet=False,
             clock=self.clock,
         )
@@ -149,7 +148,7 @@ class Pair:
 
     @property
     def pending(self) -> int:
-        return self.connector.stream_factory.limits.pending  # type: ignore[union-attr]
+        return self.connector.backend_streams.limits.pending
 
 
 @pytest.fixture
@@ -191,7 +190,7 @@ def test_opens_beyond_the_limit_are_overloaded_counted_and_logged_once(lines: li
     assert len([line for line in lines if "max_pending_opens" in line or "max-pending-opens" in line]) == 2
     # The refused streams are gone on both sides (the DMZ closed after the reply).
     assert all(client.lost is not None for client in clients[3:])
-    assert len(pair.connector.streams) == 3
+    assert len(pair.connector.mux.streams) == 3
 
 
 def test_a_connected_backend_frees_its_place() -> None:
@@ -300,7 +299,7 @@ def test_a_bad_open_header_resets_the_stream_and_dials_nothing(
     assert pair.pending == 0
     assert pair.open_failures("bad_open") == 1
     assert any("bad open request" in line and problem in line for line in lines), lines
-    assert pair.connector.is_open, "a bad OPEN costs its stream, not the link"
+    assert pair.connector.mux.is_open, "a bad OPEN costs its stream, not the link"
     assert pair.open(1)[0].status is None, "the link goes on serving"
 
 
@@ -347,7 +346,7 @@ def test_the_link_ends_its_refusal_timers_when_it_goes() -> None:
     pair = Pair(max_pending=1)
     pair.open(3)
     assert pair.clock.getDelayedCalls()
-    pair.connector.transport.loseConnection()
+    pair.connector.mux.transport.loseConnection()
     pair.run()
     assert pair.lost_reasons
     pending = [call for call in pair.clock.getDelayedCalls() if call.active()]
