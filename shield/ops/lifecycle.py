@@ -6,7 +6,7 @@ SIGTERM: the gateway's own drain, then what stayed up for it stops, then exit 0.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from typing import Any, Callable, TypeVar
 
 from twisted.application.service import IService
@@ -87,7 +87,7 @@ def stop_gateway(
 
 
 @inlineCallbacks
-def stop_in_reverse(services: Iterable[IService]) -> Any:
+def stop_in_reverse(services: Iterable[IService]) -> Generator[Deferred[Any], Any, None]:
     """Stop each service once the one started after it has stopped: the reverse of the start.
     (Twisted's ``MultiService`` stops them all at once.) A stop that fails is logged; the rest
     still stop."""
