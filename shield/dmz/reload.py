@@ -16,10 +16,8 @@ from twisted.logger import Logger
 
 from shield.config.errors import ConfigError
 from shield.config.loader import load_dmz_config
-from shield.config.model import DmzCluster, DmzConfig, DmzService
-from shield.dmz.admission import ClientGate
-from shield.dmz.certificates import GatewayTLS, TLSMaterial
-from shield.mux.budget import BufferBudget
+from shield.config.model import ClientLimits, DmzCluster, DmzConfig, DmzService
+from shield.dmz.certificates import TLSMaterial
 from shield.ops.lifecycle import Phase, checked_reload
 
 log = Logger(namespace="shield.dmz")
@@ -29,6 +27,26 @@ class TakesConfig(Protocol):
     """A part that reads the whole configuration (``BackplaneFactory``: at each announcement)."""
 
     config: DmzConfig
+
+
+class TakesTLS(Protocol):
+    """The certificates (``shield.dmz.certificates.GatewayTLS``): checked first, applied last."""
+
+    def load(self, config: DmzConfig) -> TLSMaterial: ...
+
+    def apply(self, config: DmzConfig, material: TLSMaterial) -> None: ...
+
+
+class TakesLimits(Protocol):
+    """The gateway-wide client count (``shield.dmz.admission.ClientGate``)."""
+
+    gateway: ClientLimits
+
+
+class TakesBudget(Protocol):
+    """The gateway's buffer budget (``shield.mux.budget.BufferBudget``)."""
+
+    limit: int
 
 
 class TakesServices(Protocol):
@@ -72,9 +90,9 @@ class ReloadParts:
     """Who gets which piece of a new configuration."""
 
     backplane: TakesConfig
-    tls: GatewayTLS
-    gate: ClientGate
-    budget: BufferBudget
+    tls: TakesTLS
+    gate: TakesLimits
+    budget: TakesBudget
     link_metrics: TakesConnectors
     services: TakesServices
     balancers: TakesBalancers | None
