@@ -76,7 +76,7 @@ class DmzGateway(MultiService):
                 config.name, config.cluster, registry, phase, reactor, tls.cluster,
                 mux_config_for(config.backplane), budget, metrics,
             )  # fmt: skip
-            self.balancers = BalancerRegistry(config.services, self.member.node, metrics, gate, registry)
+            self.balancers = BalancerRegistry(config.services, self.member.node, metrics, gate, registry.serve_here)
         balancers = self.balancers
 
         def public_plan() -> list[Listener]:

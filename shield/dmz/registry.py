@@ -8,7 +8,7 @@ services, and a front whose service stays keeps its clients and counters.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -118,12 +118,12 @@ class BalancerRegistry:
         node: "ClusterNode",
         metrics: Metrics,
         gate: ClientGate,
-        services_here: ServiceRegistry,
+        serve_here: Callable[[str, str, IAddress], IProtocol | None],
     ) -> None:
         self.node = node
         self.metrics = metrics
         self.gate = gate
-        self.serve_here = services_here.serve_here  # what a balancer does with a client it keeps
+        self.serve_here = serve_here  # what a balancer does with a client it keeps (ServiceRegistry's)
         self.fronts: dict[str, BalancerFront] = {}
         self.apply(services)
 

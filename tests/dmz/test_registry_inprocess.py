@@ -8,13 +8,13 @@ from typing import Any, cast
 
 from dmz_world_inprocess import World, dmz_config
 from shield.cluster.messages import ForwardRequest, ServiceState
-from shield.config.model import ClientLimits, DmzCluster, Uri
+from shield.config.model import ClientLimits, DmzCluster, DmzService, ServiceType, Uri
 from shield.dmz.admission import ClientGate
 from shield.dmz.cluster_member import ClusterMember
 from shield.dmz.frontplane_tcp import PublicTcpProtocol
 from shield.dmz.link_metrics import LinkMetrics
 from shield.dmz.readiness import Readiness
-from shield.dmz.registry import ServiceRegistry
+from shield.dmz.registry import BalancerRegistry, ServiceRegistry
 from shield.mux.budget import BufferBudget
 from shield.mux.config import MuxConfig
 from shield.ops.lifecycle import Phase
@@ -166,3 +166,27 @@ def test_the_member_takes_a_forwarded_client_only_when_it_can_serve_it() -> None
     assert answer("echo", "ws") == (404, "service 'echo' has no ws accept on member 'dmz1'", False)
     r.phase.draining = True
     assert answer("echo") == (503, "member 'dmz1' is draining", False)
+
+
+# -- BalancerRegistry ----------------------------------------------------------------------------
+
+
+def test_the_balancer_registry_keeps_the_balancers_that_stay() -> None:
+    r = Registry({"internal1": ("echo",)})
+    node = member(r).node
+
+    def balancer(name: str, port: int) -> DmzService:
+        return DmzService(name=name, accept=(Uri("tcp", "0.0.0.0", port),), type=ServiceType.BALANCER)
+
+    balancers = BalancerRegistry((r.config.services[0], balancer("lb", 8000), balancer("old", 8001)), node, r.metrics,
+                                 ClientGate(ClientLimits(), r.metrics, r.world.clock), r.registry.serve_here)  # fmt: skip
+    assert set(balancers.fronts) == {"lb", "old"}, "tunnel services are the other registry's"
+    lb = balancers.fronts["lb"]
+    assert lb.local == r.registry.serve_here and lb.node is node
+    balancers.apply((balancer("lb", 8002), balancer("new", 8003)))
+    assert balancers.fronts["lb"] is lb and lb.config.accept[0].port == 8002
+    assert set(balancers.fronts) == {"lb", "new"}
+    assert balancers.relays() == []
+    idle: list[None] = []
+    balancers.when_idle().addCallback(idle.append)
+    assert idle == [None], "no balanced client open: idle at once"
