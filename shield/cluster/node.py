@@ -26,7 +26,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 
 from shield.addresses import describe_address, host_of
 from shield.cluster.link import ForwardFailed, ForwardStream, MemberLinkProtocol
-from shield.cluster.membership import Candidate, Membership, may_be_member
+from shield.cluster.membership import Candidate, Membership
 from shield.cluster.messages import ForwardReply, ForwardRequest, Heartbeat, ServiceState
 from shield.config.model import DmzCluster, Uri
 from shield.dns import Change, Discovery, resolve
@@ -329,10 +329,6 @@ class ClusterNode:
         return DeferredList(stopping, consumeErrors=True).addCallback(lambda _: None)
 
     # -- links -----------------------------------------------------------------------------------
-
-    def admits(self, identity: str, connectors: Callable[[], set[str]]) -> bool:
-        """For the TLS layer: may a certificate with this identity be a member?"""
-        return may_be_member(identity, self.own_name, self.config, connectors)
 
     def accepted(self, addr: IAddress | None) -> MemberLinkProtocol:
         return MemberLinkProtocol(self, False, describe_address(addr), host_of(addr))

@@ -187,6 +187,7 @@ def test_sigterm_drains_then_stops_the_children_in_reverse_the_admin_last(tmp_pa
     g.world.run()
     (backend,) = connector.dialer.backends
     assert backend.read() == b"hello"
+    (link,) = g.gateway.registry.links.links
     g.reactor.events.clear()
     g.reactor._exitSignal = signal.SIGTERM  # type: ignore[attr-defined]  # what twistd would re-raise
 
@@ -194,7 +195,7 @@ def test_sigterm_drains_then_stops_the_children_in_reverse_the_admin_last(tmp_pa
     g.world.run()
     assert g.gateway.readiness()[1][0] == "draining: no new clients"
     assert g.reactor.events == ["stop 9001", f"stop {BACKPLANE}"], "the doors close; the admin still answers"
-    assert g.world.links[0].dmz.going_away, "GoAway on the link: no new tunnel, the open one finishes"
+    assert link.mux.going_away and not link.usable, "GoAway on the link: no new tunnel, the open one finishes"
     assert stopped == []
     assert log.having("dmz dmz1: draining: no new clients, 1 tunnels open")
 

@@ -95,7 +95,9 @@ def test_link_metrics_follow_the_links_and_a_removed_connector_keeps_its_series_
     r.reconfigure({"internal1": ("echo",)}, ("echo",))  # internal2 is no longer listed
     assert r.sample("shield_links_up", endpoint="internal2") == 1, "its link is still up"
     assert r.sample("shield_service_connectors", service="echo") == 0, "but serves echo no more"
-    r.world.links[0].dmz.transport.loseConnection()
+    (link,) = r.registry.links.links
+    assert link.mux.transport is not None
+    link.mux.transport.loseConnection()
     r.world.run()
     assert r.sample("shield_links_up", endpoint="internal2") is None, "gone with its last link"
     assert r.sample("shield_links_up", endpoint="internal1") == 0
