@@ -11,8 +11,8 @@ from collections.abc import Set as AbstractSet
 
 import functools
 import math
-from typing import Callable
 from dataclasses import dataclass
+from typing import Callable
 
 from shield.cluster.messages import Heartbeat
 from shield.config.errors import ConfigError
