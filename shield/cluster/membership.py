@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 
 import functools
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 from shield.cluster.messages import Heartbeat
 from shield.config.errors import ConfigError
-from shield.config.model import Uri
+from shield.config.model import DmzCluster, Uri
 from shield.config.uris import parse_uri
 
 #: Heartbeats a member may miss before it counts as dead.
@@ -87,6 +89,14 @@ class Membership:
                 gone.append(view.name)
         return gone
 
+    def gone_at(self, name: str) -> float | None:
+        """The first moment ``name`` counts as gone if nothing more is heard from it (None: not
+        heard from yet). A wait on the membership looks again then: silence is an event too."""
+        view = self.members.get(name)
+        if view is None or view.heartbeat is None:
+            return None
+        return math.nextafter(view.heard_at + MISSED_HEARTBEATS * view.heartbeat.interval, math.inf)
+
     def alive(self, now: float) -> list[MemberView]:
         return [view for view in self.members.values() if view.alive(now)]
 
@@ -130,6 +140,14 @@ class Membership:
                     break
         found.sort(key=lambda item: (item[0], item[1]))
         return [candidate for _, _, candidate in found]
+
+
+def may_be_member(identity: str, own_name: str, cluster: DmzCluster, connectors: Callable[[], set[str]]) -> bool:
+    """May a certificate with this identity be a member? One of ``member-names`` (or this member
+    itself) when the cluster lists them; otherwise any gateway certificate that is not a connector."""
+    if cluster.member_names:
+        return identity in cluster.member_names or identity == own_name
+    return identity not in connectors()
 
 
 def balances(text: str, balancer: Uri) -> bool:

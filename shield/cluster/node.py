@@ -12,6 +12,8 @@ from typing import Callable, Protocol, TYPE_CHECKING
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
     IListeningPort,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
@@ -74,6 +76,58 @@ class _AcceptedMembers(Factory):
         return self.node.accepted(addr).mux
 
 
+class MembershipWaits:
+    """Deferreds waiting for the membership to reach a state: every peer heard from at start,
+    every peer aware that we drain. Each is checked when it is asked for, again at every event
+    that can change the answer (a heartbeat heard, a link up or lost, our own tick, the moment a
+    silent peer counts as gone), and once more when its time is up; nothing polls."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._checks: list[Callable[[], bool]] = []
+
+    def until(
+        self,
+        reached: Callable[[bool], bool],
+        seconds: float,
+        changes_at: Callable[[], float | None] = lambda: None,
+    ) -> Deferred[None]:
+        """Fires once ``reached(expired)`` is true; it is called with ``expired`` True once
+        ``seconds`` have passed (and must then return True). ``changes_at`` says when the answer
+        may change with no event but the clock (None: only events change it)."""
+        done: Deferred[None] = Deferred()
+        again: list[IDelayedCall] = []  # the look at ``changes_at``, if one is due
+
+        def check(expired: bool = False) -> bool:
+            if done.called:
+                return True
+            for call in again:
+                if call.active():
+                    call.cancel()
+            again.clear()
+            if not reached(expired):
+                when = changes_at()
+                if when is not None and when < deadline:
+                    again.append(self.clock.callLater(max(0.0, when - self.clock.seconds()), check))
+                return False
+            if timer.active():
+                timer.cancel()
+            done.callback(None)
+            return True
+
+        deadline = self.clock.seconds() + seconds
+        timer = self.clock.callLater(seconds, check, True)
+        if not check():
+            self._checks.append(check)
+        return done
+
+    def changed(self) -> None:
+        """Something that can change an answer happened: check every wait again."""
+        if self._checks:
+            pending, self._checks = self._checks, []
+            self._checks += [check for check in pending if not check()]
+
+
 class ClusterNode:
     def __init__(
         self,
@@ -114,6 +168,8 @@ class ClusterNode:
         self._forwarded_since: dict[str, int] = {}
         self._link_failures: dict[str, str] = {}  # endpoint dialled -> last reason logged
         self._bad_peers = RateLimitedLog(log, reactor)
+        #: Who waits for the membership to reach a state (``settled``, ``announce_draining``).
+        self._waits = MembershipWaits(reactor)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -146,20 +202,16 @@ class ClusterNode:
         A balancer that started before it knew its peers would send every client to itself, or
         refuse them while this member has no connector links yet.
         """
-        done: Deferred[None] = Deferred()
-        deadline = self.clock.seconds() + DRAIN_ACK_INTERVALS * self.config.heartbeat_interval
 
-        def check() -> None:
+        def all_heard(expired: bool) -> bool:
             alive = self.alive_members()
             expected = len(self._dialers) + len(self._self_endpoints)
-            if (expected and len(alive) >= expected - len(self._self_endpoints)) or self.clock.seconds() >= deadline:
+            if (expected and len(alive) >= expected - len(self._self_endpoints)) or expired:
                 log.info("cluster {cluster}: {n} peers alive at start: {names}", cluster=self.cluster_name, n=len(alive), names=", ".join(alive) or "none")
-                done.callback(None)
-            else:
-                self.clock.callLater(0.02, check)
+                return True
+            return False
 
-        check()
-        return done
+        return self._waits.until(all_heard, DRAIN_ACK_INTERVALS * self.config.heartbeat_interval)
 
     def reconfigure(self, config: DmzCluster) -> None:
         """A reload: dial members added to ``members``, stop dialling removed ones (their links,
@@ -234,6 +286,7 @@ class ClusterNode:
         service = self._dialers.pop(key, None)
         if service is not None:
             service.stopService()
+            self._waits.changed()
 
     def dial(self, uri: Uri) -> None:
         key = str(uri)
@@ -268,12 +321,6 @@ class ClusterNode:
 
     # -- links -----------------------------------------------------------------------------------
 
-    def admits(self, identity: str, connectors: Callable[[], set[str]]) -> bool:
-        """For the TLS layer: may a certificate with this identity be a member?"""
-        if self.config.member_names:
-            return identity in self.config.member_names or identity == self.own_name
-        return identity not in connectors()
-
     def accepted(self, addr: IAddress | None) -> MemberLink:
         return self._member_link(False, describe_address(addr), host_of(addr))
 
@@ -288,6 +335,7 @@ class ClusterNode:
                 service = self._dialers.pop(link.endpoint, None)
                 if service is not None:
                     service.stopService()
+                self._waits.changed()
             return False
         self.links.add(link)
         self.membership.link_up(name)
@@ -315,6 +363,7 @@ class ClusterNode:
         name = link.peer_name or "?"
         if self.membership.link_down(name) and not self._stopping:
             log.warn("cluster {cluster}: member {name} is gone: link lost ({reason})", cluster=self.cluster_name, name=name, reason=reason)
+        self._waits.changed()
 
     def serve_forward(self, request: ForwardRequest, balancer: str) -> tuple[ForwardReply, IProtocol | None]:
         """MemberHost: a peer's balancer forwards a client to this member's gateway."""
@@ -341,6 +390,7 @@ class ClusterNode:
             log.info("cluster {cluster}: member {name} is draining", cluster=self.cluster_name, name=heartbeat.name)
         if changed and heartbeat.draining:
             self.tick()  # tell it at once that we have seen it
+        self._waits.changed()
 
     # -- heartbeats --------------------------------------------------------------------------------
 
@@ -374,26 +424,27 @@ class ClusterNode:
                 "cluster {cluster}: member {name} is gone: no heartbeat for {n} intervals",
                 cluster=self.cluster_name, name=name, n=3,
             )  # fmt: skip
+        self._waits.changed()  # a silent member counts as gone from this tick on
 
     def announce_draining(self) -> Deferred[None]:
         """Send the draining flag now; fire once every live peer has seen it (or after 3 intervals)."""
         self.tick()
-        done: Deferred[None] = Deferred()
-        deadline = self.clock.seconds() + DRAIN_ACK_INTERVALS * self.config.heartbeat_interval
 
-        def check() -> None:
+        def all_know(expired: bool) -> bool:
             seen, unseen = self.membership.peers_seeing_drain(self.clock.seconds())
             if not unseen:
                 log.info("cluster {cluster}: peers know we drain: {peers}", cluster=self.cluster_name, peers=", ".join(seen) or "(none alive)")
-                done.callback(None)
-            elif self.clock.seconds() >= deadline:
+                return True
+            if expired:
                 log.warn("cluster {cluster}: draining without acknowledgement from {peers}", cluster=self.cluster_name, peers=", ".join(unseen))
-                done.callback(None)
-            else:
-                self.clock.callLater(0.02, check)
+                return True
+            return False
 
-        check()
-        return done
+        def first_silence() -> float | None:
+            _, unseen = self.membership.peers_seeing_drain(self.clock.seconds())
+            return min((at for at in map(self.membership.gone_at, unseen) if at is not None), default=None)
+
+        return self._waits.until(all_know, DRAIN_ACK_INTERVALS * self.config.heartbeat_interval, first_silence)
 
     # -- balancing ---------------------------------------------------------------------------------
 

@@ -2,18 +2,20 @@
 
 ``plan`` turns the services (tunnel fronts and balancers) into one listener per host:port:
 WebSocket services on one port share a site (routed by path, a balancer's paths included), tcp://
-and tls:// accepts get their own factory, wss:// and tls:// are wrapped in TLS. ``PublicPorts``
-keeps one listening socket per host:port for the life of the process: a reload hands each port
-the factory of the new plan (``PortFactory.swap``), opens the ports that are new and closes the
-ones no service uses any more; open connections keep the protocol they have.
+and tls:// accepts get their own factory, wss:// and tls:// are wrapped in TLS. ``PublicPorts``,
+a part of the gateway's ``MultiService``, keeps one listening socket per host:port for the life of
+the process: a reload hands each port the factory of the new plan (``PortFactory.swap``), opens
+the ports that are new and closes the ones no service uses any more; open connections keep the
+protocol they have.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IAddress, IListeningPort, IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory
@@ -27,6 +29,8 @@ from shield.dmz.frontplane_tcp import PublicTcpFactory
 from shield.dmz.frontplane_ws import websocket_site
 from shield.dmz.service import ServiceFront
 from shield.net import tcp_server_endpoint
+from shield.ops.once import Once
+from shield.ops.port import at_once
 from shield.tls.contexts import ServerTLSContext
 from shield.transports import IGatewayReactor
 
@@ -137,14 +141,53 @@ class PortFactory(Factory):
         self.current.doStop()
 
 
-class PublicPorts:
-    """One listening socket per public host:port, each with its ``PortFactory``."""
+class PublicPorts(Service):
+    """One listening socket per public host:port, each with its ``PortFactory``.
 
-    def __init__(self, reactor: IGatewayReactor, gateway_name: str) -> None:
+    It opens the ports of ``plan()`` once ``after`` fires (the backplane is up and the cluster
+    peers are known); a reload before that only changes what will be opened (``replan``).
+    """
+
+    def __init__(
+        self,
+        reactor: IGatewayReactor,
+        gateway_name: str,
+        plan: Callable[[], list[Listener]] = list,
+        after: Callable[[], Deferred[None]] = at_once,
+    ) -> None:
         self.reactor = reactor
         self.gateway_name = gateway_name
+        self.plan = plan
+        self.after = after
         self.ports: dict[Key, IListeningPort] = {}
         self.factories: dict[Key, PortFactory] = {}
+        self.started = Once()
+        self._closed = False
+
+    def startService(self) -> None:
+        super().startService()
+        opening = self.after()
+        opening.addCallback(lambda _: None if self._closed else self.open_all(self.plan()))  # no door opens in a drain
+        opening.addCallbacks(self.started.succeed, self.started.fail)
+
+    def when_started(self) -> Deferred[None]:
+        """Fires once every public port of the plan listens (fails if one cannot)."""
+        return self.started.wait()
+
+    def replan(self) -> None:
+        """A reload: the ports follow the new plan (before they are open, nothing to do: they
+        open with the plan of that moment)."""
+        if self.started.happened and not self._closed:
+            self.apply(self.plan())
+
+    def close(self) -> Deferred[Any]:
+        """The drain: stop accepting on every public port, for good."""
+        self._closed = True
+        return self.close_all()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return self.close()
 
     @inlineCallbacks
     def open_all(self, listeners: list[Listener]):

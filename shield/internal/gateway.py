@@ -13,8 +13,7 @@ from functools import partial
 from typing import Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from shield.config.model import InternalConfig, Uri
@@ -26,10 +25,10 @@ from shield.internal.health import HealthBoard
 from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label
 from shield.config.mux import mux_config_for
 from shield.mux.budget import BufferBudget
-from shield.net import is_ipv4, is_ipv6, tcp_server_endpoint
-from shield.ops.admin import admin_site
-from shield.ops.drain import exit_cleanly_after_drain
+from shield.net import is_ipv4, is_ipv6
+from shield.ops.drain import within_grace
 from shield.ops.metrics import Metrics
+from shield.ops.port import PortService
 from shield.tap.common import tls_material
 from shield.config.errors import ConfigError
 from shield.config.env import configured_by_environment, internal_config_from_environment
@@ -37,7 +36,7 @@ from shield.config.loader import load_internal_config
 from shield.tls.contexts import ReloadableClientTLS, backend_client_options, backplane_client_options
 from shield.tls.identity import certificate_identity
 from shield.transports import IGatewayReactor
-from shield.ops.lifecycle import checked_reload, start_gateway
+from shield.ops.lifecycle import Phase, admin_endpoint, checked_reload, start_gateway, stop_gateway
 
 log = Logger(namespace="shield.internal")
 
@@ -66,9 +65,15 @@ class InternalGateway(Service):
         self.endpoints: dict[str, Endpoint] = {}  # label -> endpoint, in the order they came
         self.discoveries: dict[Uri, Discovery] = {}  # one per connect URI
         self.retiring: set[LinkSlot] = set()  # slots of removed endpoints, draining
-        self.admin_port: IListeningPort | None = None
+        self.phase = Phase()
+        self.admin: PortService | None = None
+        if config.admin is not None:
+            uri = config.admin
+            self.admin = admin_endpoint(
+                reactor, uri, self.readiness, self.metrics.registry,
+                lambda: log.info("connector {name}: admin on {uri}", name=config.name, uri=str(uri)),
+            )  # fmt: skip
         self._started: Deferred[None] | None = None
-        self._stopping = False
         self._first_lookups_done = False
 
     @property
@@ -83,11 +88,9 @@ class InternalGateway(Service):
     @inlineCallbacks
     def _start(self):
         config = self.config
-        if config.admin is not None:
-            self.admin_port = yield tcp_server_endpoint(self.reactor, config.admin).listen(
-                admin_site(self.readiness, self.metrics.registry)
-            )
-            log.info("connector {name}: admin on {uri}", name=config.name, uri=str(config.admin))
+        if self.admin is not None:
+            self.admin.startService()
+            yield self.admin.when_started()
         self.health.start()
         for uri in config.backplane.connect:
             self._watch(uri)
@@ -95,7 +98,7 @@ class InternalGateway(Service):
         # and /readyz says why the connector is not ready meanwhile.
         yield DeferredList([discovery.start() for discovery in self.discoveries.values()], consumeErrors=True)
         self._first_lookups_done = True
-        if self._stopping:
+        if self.phase.draining:
             return
         log.info(
             "connector {name}: offering {services} over {links} links to each of {endpoints}",
@@ -131,7 +134,7 @@ class InternalGateway(Service):
         ``resolve-interval`` (from each host's next look-up).
         """
         source = self.config.source
-        if self._stopping:
+        if self.phase.draining:
             return
         if source is None and not configured_by_environment():
             return
@@ -192,7 +195,7 @@ class InternalGateway(Service):
 
     def _offers_changed(self) -> None:
         """A backend went down or came back: the DMZs learn it on every link at once."""
-        if self._stopping:
+        if self.phase.draining:
             return
         offered = self.health.up_services()
         n = self._announce_again()
@@ -203,7 +206,7 @@ class InternalGateway(Service):
 
     def _addresses_changed(self, uri: Uri, change: Change) -> None:
         """Slots for the addresses ``uri``'s host now has; drain those of addresses it lost."""
-        if self._stopping:
+        if self.phase.draining:
             return
         now = ", ".join(change.addresses)
         for address in change.added:
@@ -265,24 +268,22 @@ class InternalGateway(Service):
         self.retiring.discard(slot)
 
     def stopService(self) -> Deferred[None]:
+        """SIGTERM: no more look-ups or health checks, GoAway on every link (open tunnels finish
+        within the grace period), then the admin endpoint stops and the process exits 0."""
         super().stopService()
-        self._stopping = True
+        self.phase.draining = True
         self.health.stop()
         for discovery in self.discoveries.values():
             discovery.stop()
-        return self._drain()
+        return stop_gateway(self.reactor, self._drain, self._stop_admin)
 
-    @inlineCallbacks
-    def _drain(self):
+    def _drain(self) -> Deferred[None]:
         log.info("connector {name}: draining: GoAway on {n} links", name=self.config.name, n=len(self.slots))
         closing = DeferredList([slot.drain() for slot in self.slots], consumeErrors=True)
-        timer = self.reactor.callLater(self.config.grace_period, self._grace_over)
-        yield closing
-        if timer.active():
-            timer.cancel()
-        if self.admin_port is not None:
-            yield self.admin_port.stopListening()
-        exit_cleanly_after_drain(self.reactor)
+        return within_grace(closing, self.config.grace_period, self.reactor, self._grace_over)
+
+    def _stop_admin(self) -> Deferred[None]:
+        return self.admin.stopService() if self.admin is not None else succeed(None)
 
     def _grace_over(self) -> None:
         left = sum(slot.tunnels for slot in self.slots)

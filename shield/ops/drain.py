@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,11 +29,9 @@ def drain_links(
     GoAway lets open streams finish and closes each link once it has none, so in the common case
     this fires as soon as the last tunnel ends.
     """
-    done: Deferred[None] = Deferred()
     closing = [link.go_away() for link in links if link.transport is not None]
     if not closing:
-        done.callback(None)
-        return done
+        return succeed(None)
 
     def expired() -> None:
         left = open_tunnels()
@@ -44,15 +42,21 @@ def drain_links(
             if link.is_open:
                 link.abort("shutting down: grace period over")
 
+    return within_grace(DeferredList(closing, consumeErrors=True), grace_period, clock, expired)
+
+
+def within_grace(
+    closing: Deferred[Any], grace_period: float, clock: IReactorTime, expired: Callable[[], None]
+) -> Deferred[None]:
+    """Fires when ``closing`` does. If the grace period ends first, ``expired`` runs: it cuts
+    what is left, so ``closing`` fires soon after. (Both gateways' drains have this shape.)"""
     timer = clock.callLater(grace_period, expired)
 
     def finished(_: object) -> None:
         if timer.active():
             timer.cancel()
-        done.callback(None)
 
-    DeferredList(closing, consumeErrors=True).addCallback(finished)
-    return done
+    return closing.addBoth(finished)
 
 
 def exit_cleanly_after_drain(reactor: IGatewayReactor) -> None:
