@@ -149,6 +149,9 @@ class MuxStream:
         self._discarding = True
         self._drop_inbox()
         self._request_fin()
+        # The peer's FIN may already be in, held back behind data just dropped (our consumer had
+        # paused us): it is swallowed now, not when a consumer that is gone resumes us.
+        self._drain_inbox()
 
     def loseWriteConnection(self) -> None:
         """Half-close: FIN after the queued data; reading goes on."""

@@ -1,0 +1,34 @@
+"""A stream's lifecycle end to end, over two MuxProtocols joined in memory (no sockets)."""
+
+from __future__ import annotations
+
+from twisted.internet import error
+
+from test_adapter import Link, Recorder, collecting_factory
+
+
+def test_lose_connection_while_the_peers_end_waits_behind_a_paused_consumer_still_finishes() -> None:
+    """A slow client hangs up after the backend has finished: the stream must not linger.
+
+    The consumer paused the stream, so the peer's last data and FIN wait in the inbox; then the
+    protocol calls loseConnection (its consumer is gone and will never resume it).
+    """
+    factory, accepted = collecting_factory()
+    link = Link(server_factory=factory)
+    client = Recorder()
+    stream = link.client.open_stream(client)
+    link.run()
+    server = accepted[0]
+    stream.pauseProducing()
+    server.transport.write(b"the last words")
+    server.transport.loseWriteConnection()
+    link.run()
+    assert stream.buffered_inbound == len(b"the last words") and not client.read_closed
+
+    stream.loseConnection()
+    link.run()
+
+    assert client.lost is not None and client.lost.check(error.ConnectionDone)
+    assert link.client.streams == {}
+    assert bytes(client.received) == b"" and not client.read_closed  # it hung up: nothing more
+    assert link.client.budget.held == 0
