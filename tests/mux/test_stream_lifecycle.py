@@ -32,3 +32,21 @@ def test_lose_connection_while_the_peers_end_waits_behind_a_paused_consumer_stil
     assert link.client.streams == {}
     assert bytes(client.received) == b"" and not client.read_closed  # it hung up: nothing more
     assert link.client.budget.held == 0
+
+
+def test_a_stream_finished_while_another_flushes_is_skipped() -> None:
+    """One stream's FIN makes its protocol abort a second stream that has data queued in the
+    same flush: the flush goes on with the streams that are left."""
+    factory, accepted = collecting_factory()
+    link = Link(server_factory=factory)
+    first, second = Recorder(), Recorder()
+    first_stream = link.client.open_stream(first)
+    second_stream = link.client.open_stream(second)
+    link.run()
+    first.writeConnectionLost = second_stream.abortConnection  # type: ignore[method-assign]
+    first_stream.loseWriteConnection()
+    second_stream.write(b"never sent")
+    link.run()
+    assert second.lost is not None and second.lost.check(error.ConnectionAborted)
+    assert accepted[0].read_closed
+    assert bytes(accepted[1].received) == b""
