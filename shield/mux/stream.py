@@ -596,6 +596,7 @@ class MuxStream:
         self._host.budget.held -= dropped
         if dropped:
             self._host.session.acknowledge(self.stream_id, dropped)
+            self._host.schedule_flush(None)  # the credit goes out even when no FIN of ours is due
 
     def _maybe_finish(self) -> None:
         """Both FINs have crossed and the protocol has had the peer's end (or wanted none)."""

@@ -50,3 +50,30 @@ def test_a_stream_finished_while_another_flushes_is_skipped() -> None:
     assert second.lost is not None and second.lost.check(error.ConnectionAborted)
     assert accepted[0].read_closed
     assert bytes(accepted[1].received) == b""
+
+
+def test_credit_for_data_dropped_by_lose_connection_reaches_the_peer() -> None:
+    """The protocol hangs up with a window's worth parked and its FIN already out: the credit for
+    the dropped bytes must be sent, or the peer can never finish writing and send its own FIN."""
+    factory, accepted = collecting_factory()
+    link = Link(server_factory=factory)
+    client = Recorder()
+    stream = link.client.open_stream(client)
+    link.run()
+    server = accepted[0]
+    server.transport.pauseProducing()
+    stream.write(b"x" * 300_000)  # more than the window: the rest waits for credit
+    link.run()
+    assert stream.buffered_outbound > 0
+    server.transport.loseWriteConnection()
+    link.run()
+
+    server.transport.loseConnection()  # drops what it parked
+    stream.loseWriteConnection()
+    link.run()
+
+    assert stream.buffered_outbound == 0
+    assert client.lost is not None and client.lost.check(error.ConnectionDone)
+    assert server.lost is not None and server.lost.check(error.ConnectionDone)
+    assert "in time" not in server.lost.getErrorMessage()  # a clean close, no time passed
+
