@@ -360,6 +360,8 @@ class MuxStream:
         self._drop_inbox()
         if send is _SEND_OPEN:
             self._host.schedule_flush(self)
+        # Our FIN may be out already (loseWriteConnection came first): the timeout starts now.
+        self._await_peer_fin()
         # The peer's FIN may already be in, held back behind data just dropped (our consumer had
         # paused us): it is swallowed now, not when a consumer that is gone resumes us.
         self._maybe_finish()
@@ -536,10 +538,13 @@ class MuxStream:
         session.end_stream(self.stream_id)
         if not self._receive.hung_up and IHalfCloseableProtocol.providedBy(self.protocol):
             self.protocol.writeConnectionLost()
-        if self._receive is _DISCARDING:
-            # We hung up and the peer has not closed its side: give it stream_close_timeout.
-            self._close_timer = self._host.call_later(self._close_timeout, self._close_timed_out)
+        self._await_peer_fin()
         self._maybe_finish()
+
+    def _await_peer_fin(self) -> None:
+        """We hung up and our FIN is out, the peer's is not in: it gets ``stream_close_timeout``."""
+        if self._send is _FIN_SENT and self._receive is _DISCARDING and self._close_timer is None:
+            self._close_timer = self._host.call_later(self._close_timeout, self._close_timed_out)
 
     def _deliver(self, data: bytes) -> None:
         assert self.protocol is not None

@@ -77,3 +77,19 @@ def test_credit_for_data_dropped_by_lose_connection_reaches_the_peer() -> None:
     assert server.lost is not None and server.lost.check(error.ConnectionDone)
     assert "in time" not in server.lost.getErrorMessage()  # a clean close, no time passed
 
+
+def test_lose_connection_after_our_fin_still_gives_the_peer_only_the_close_timeout() -> None:
+    factory, accepted = collecting_factory()
+    link = Link(server_factory=factory)
+    client = Recorder()
+    stream = link.client.open_stream(client)
+    link.run()
+    stream.loseWriteConnection()
+    link.run()
+    stream.loseConnection()  # the FIN is out already; the peer never closes its side
+    link.run()
+    link.clock.advance(link.client.config.stream_close_timeout)
+    link.run()
+    assert client.lost is not None and "did not close the stream in time" in client.lost.getErrorMessage()
+    assert link.client.streams == {}
+    assert accepted[0].lost is not None and "reset" in accepted[0].lost.getErrorMessage()
