@@ -72,17 +72,15 @@ class SendState(Enum):
 class ReceiveState(Enum):
     """The peer's half of a stream: what becomes of what it sends, and of its FIN."""
 
-    OPEN = ("open", True, True, False)  # data goes to the protocol (parked while it pauses us)
-    EOF_PENDING = ("eof_pending", False, True, False)  # the peer's FIN is in: parked data, then the end
-    EOF_DELIVERED = ("eof_delivered", False, False, False)  # readConnectionLost (or loseConnection) done
-    DISCARDING = ("discarding", False, False, True)  # loseConnection: the peer's data is acknowledged, dropped
-    DISCARDED = ("discarded", False, False, True)  # loseConnection, and the peer's FIN is in
-    CLOSED = ("closed", False, False, True)  # finished: connectionLost has been called
+    OPEN = ("open", True, False)  # data goes to the protocol (parked while it pauses us)
+    EOF_PENDING = ("eof_pending", True, False)  # the peer's FIN is in: parked data, then the end
+    EOF_DELIVERED = ("eof_delivered", False, False)  # readConnectionLost (or loseConnection) done
+    DISCARDING = ("discarding", False, True)  # loseConnection: the peer's data is acknowledged, dropped
+    DISCARDED = ("discarded", False, True)  # loseConnection, and the peer's FIN is in
+    CLOSED = ("closed", False, True)  # finished: connectionLost has been called
 
-    def __init__(self, label: str, reading: bool, delivers: bool, hung_up: bool) -> None:
+    def __init__(self, label: str, delivers: bool, hung_up: bool) -> None:
         self.label = label
-        #: The peer may still send, and what it sends goes to the protocol.
-        self.reading = reading
         #: Data parked in the inbox still goes to the protocol.
         self.delivers = delivers
         #: The protocol called loseConnection (or the stream is finished): Twisted's ``disconnecting``.
