@@ -25,3 +25,13 @@ class StreamIdsExhaustedError(MuxError):
 
 class StreamClosedError(MuxError):
     """The stream is not open for this operation (unknown, reset, or write side closed)."""
+
+
+class StreamStateError(MuxError):
+    """A stream was sent an event its state does not allow (``shield.mux.stream``'s table).
+
+    Always a bug in shield: the session turns whatever a peer does wrong into RST or GoAway
+    before it reaches a stream, and Twisted lets a protocol close a transport as often as it
+    likes. Raised so that tests fail on it rather than a stream carrying on in a state nobody
+    designed (delivering data after its end, or never finishing).
+    """

@@ -389,7 +389,9 @@ class MuxProtocol(Protocol):
             for stream_id in list(dirty):
                 if room <= 0:
                     break
-                stream = dirty.pop(stream_id)
+                stream = dirty.pop(stream_id, None)
+                if stream is None:
+                    continue  # finished by a protocol that an earlier stream's flush called
                 room -= stream.flush_into(session, room)
                 if stream.has_output and session.send_window(stream_id) > 0:
                     dirty[stream_id] = stream  # to the back of the line
