@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 
+from shield.internal.backend import BackendStream, BackendStreamEvent, BackendStreamState
 from shield.lifecycle import Lifecycle, StateError
 from shield.relay import Relay, RelayEvent, RelayState
 
 #: Each class with a lifecycle: (class, its state enum, its event enum).
 LIFECYCLES: list[tuple[type, type[Enum], type[Enum]]] = [
     (Relay, RelayState, RelayEvent),
+    (BackendStream, BackendStreamState, BackendStreamEvent),
 ]
 
 _RULE = re.compile(r"^=+(?: +=+){2,}$")
