@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from shield.dmz.tunnel import TunnelEvent, TunnelState, TunnelStream
 from shield.internal.backend import BackendStream, BackendStreamEvent, BackendStreamState
 from shield.lifecycle import Lifecycle, StateError
 from shield.relay import Relay, RelayEvent, RelayState
@@ -23,6 +24,7 @@ from shield.relay import Relay, RelayEvent, RelayState
 LIFECYCLES: list[tuple[type, type[Enum], type[Enum]]] = [
     (Relay, RelayState, RelayEvent),
     (BackendStream, BackendStreamState, BackendStreamEvent),
+    (TunnelStream, TunnelState, TunnelEvent),
 ]
 
 _RULE = re.compile(r"^=+(?: +=+){2,}$")
