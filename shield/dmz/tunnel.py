@@ -91,7 +91,8 @@ class TunnelStream(RelayedProtocol):
     RELAYING         LOST            GONE             the relay ends the client
     FAILED           INPUT_ENDED     FAILED           nothing more to hear
     FAILED           LOST            GONE
-    CANCELLED        LOST            GONE             fails with _Retry, as a refused stream would
+    CANCELLED        LOST            GONE             fails with CancelledError: the client is gone,
+                                                      no other link is tried for it
     ===============  ==============  ===============  =================================================
 
     Leaving AWAITING_ANSWER stops the answer deadline, whichever way it is left. Bytes from the
@@ -222,10 +223,14 @@ class TunnelStream(RelayedProtocol):
         self._transition(TunnelEvent.LOST)
         if state is TunnelState.RELAYING:
             super().connectionLost(reason)
-        elif state is TunnelState.AWAITING_ANSWER or state is TunnelState.CANCELLED:
+        elif state is TunnelState.AWAITING_ANSWER:
             # Refused (reset by a link going away) or the link died before the connector answered:
             # no client byte has gone anywhere yet, so another link may take the client.
             self.answered.errback(_Retry(f"connector {self.link.connector!r}: {_link_reason(reason)}"))
+        elif state is TunnelState.CANCELLED:
+            # Reset because the client left: that says nothing about the link, and there is
+            # nobody left to open another tunnel for.
+            self.answered.errback(CancelledError("the public client left before the answer"))
 
 
 def _link_reason(reason: Failure) -> str:

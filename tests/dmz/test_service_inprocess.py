@@ -34,8 +34,11 @@ def log() -> Iterator[LogLines]:
 class Front:
     """One ``[[dmz.service]]`` named echo on a world with one connector (``mode`` of its dials)."""
 
-    def __init__(self, limits: ClientLimits = ClientLimits(), gateway: ClientLimits = ClientLimits(), mode: str = "connect", linked: bool = True) -> None:
-        self.world = World(dmz_config({"internal1": ("echo",)}, limits=limits))
+    def __init__(
+        self, limits: ClientLimits = ClientLimits(), gateway: ClientLimits = ClientLimits(), mode: str = "connect",
+        linked: bool = True, connectors: tuple[str, ...] = ("internal1",),
+    ) -> None:  # fmt: skip
+        self.world = World(dmz_config({name: ("echo",) for name in connectors}, limits=limits))
         self.metrics = Metrics()
         self.gate = ClientGate(gateway, self.metrics, self.world.clock)
         self.front = ServiceFront(self.world.config.services[0], self.world.opener, self.metrics, self.gate, self.world.clock)
@@ -284,4 +287,19 @@ def test_a_client_leaving_while_its_tunnel_opens_cancels_the_dial() -> None:
     f.world.run()
     assert dial.called, "the connector gave up the dial"
     assert f.world.registry.links[0].tunnels == 0
+    assert f.gate.per_service["echo"] == 0
+
+
+def test_a_client_leaving_while_its_tunnel_opens_is_not_offered_to_another_connector() -> None:
+    """Its cancelled tunnel is no refusal by the link: nothing is opened on the next one."""
+    f = Front(mode="hold", connectors=("internal1", "internal2"))
+    other = f.world.connector("internal2", mode="hold")
+    f.world.link(other)
+    client = f.connect()
+    tried = f.connector.dialer.dials + other.dialer.dials
+    assert tried == ["echo"]
+    client.drop(clean=False)
+    f.world.run()
+    assert f.connector.dialer.dials + other.dialer.dials == ["echo"], "no second backend was dialled"
+    assert all(link.tunnels == 0 for link in f.world.registry.links)
     assert f.gate.per_service["echo"] == 0
