@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from shield.dmz.frontplane_tcp import PublicTcpProtocol, TcpClientEvent, TcpClientState
 from shield.dmz.tunnel import TunnelEvent, TunnelState, TunnelStream
 from shield.internal.backend import BackendStream, BackendStreamEvent, BackendStreamState
 from shield.lifecycle import Lifecycle, StateError
@@ -25,6 +26,7 @@ LIFECYCLES: list[tuple[type, type[Enum], type[Enum]]] = [
     (Relay, RelayState, RelayEvent),
     (BackendStream, BackendStreamState, BackendStreamEvent),
     (TunnelStream, TunnelState, TunnelEvent),
+    (PublicTcpProtocol, TcpClientState, TcpClientEvent),
 ]
 
 _RULE = re.compile(r"^=+(?: +=+){2,}$")

@@ -18,7 +18,8 @@ from twisted.internet.address import IPv4Address
 from dmz_world_inprocess import Connector, LogLines, Pipe, World, capture_log, dmz_config
 from shield.config.model import ClientLimits
 from shield.dmz.admission import ClientGate, Refused
-from shield.dmz.frontplane_tcp import PublicTcpFactory, PublicTcpProtocol
+from shield.dmz.frontplane_tcp import PublicTcpFactory, PublicTcpProtocol, TcpClientState
+from shield.lifecycle import StateError
 from shield.dmz.service import ServiceFront
 from shield.ops.metrics import Metrics
 
@@ -199,6 +200,12 @@ def test_a_tls_handshake_in_time_opens_the_tunnel_and_stops_the_timer() -> None:
     f.world.advance(5.0)
     assert not client.disconnecting
     assert f.refusals("handshake_timeout") == 0
+    # A second handshake report is a bug, refused loudly: it used to open a second tunnel.
+    assert protocol.state is TcpClientState.RELAYING
+    with pytest.raises(StateError, match="PublicTcpProtocol: event HANDSHAKE_DONE is not allowed in state RELAYING"):
+        protocol.handshakeCompleted()
+    f.world.run()
+    assert f.connector.dialer.dials == ["echo"]
 
 
 def test_an_idle_tunnel_is_closed_after_the_idle_timeout(log: LogLines) -> None:
