@@ -15,58 +15,15 @@ from typing import Iterator
 import pytest
 from twisted.internet.address import IPv4Address
 
-from dmz_world_inprocess import Connector, LogLines, Pipe, World, capture_log, dmz_config
+from dmz_world_inprocess import HOST_A, HOST_B, Front, LogLines, Pipe, capture_log
 from shield.config.model import ClientLimits
-from shield.dmz.admission import ClientGate, Refused
-from shield.dmz.frontplane_tcp import PublicTcpFactory, PublicTcpProtocol, TcpClientState
+from shield.dmz.admission import Refused
+from shield.dmz.frontplane_tcp import PublicTcpProtocol, TcpClientState
 from shield.lifecycle import StateError
-from shield.dmz.service import ServiceFront
-from shield.ops.metrics import Metrics
-
-HOST_A = "198.51.100.7"
-HOST_B = "203.0.113.9"
-
 
 @pytest.fixture
 def log() -> Iterator[LogLines]:
     yield from capture_log()
-
-
-class Front:
-    """One ``[[dmz.service]]`` named echo on a world with one connector (``mode`` of its dials)."""
-
-    def __init__(
-        self, limits: ClientLimits = ClientLimits(), gateway: ClientLimits = ClientLimits(), mode: str = "connect",
-        linked: bool = True, connectors: tuple[str, ...] = ("internal1",),
-    ) -> None:  # fmt: skip
-        self.world = World(dmz_config({name: ("echo",) for name in connectors}, limits=limits))
-        self.metrics = Metrics()
-        self.gate = ClientGate(gateway, self.metrics, self.world.clock)
-        self.front = ServiceFront(self.world.config.services[0], self.world.opener, self.metrics, self.gate, self.world.clock)
-        self.connector: Connector = self.world.connector("internal1", mode=mode)
-        if linked:
-            self.world.link(self.connector)
-        self.factory = PublicTcpFactory(self.front, "tcp")
-        self._ports = iter(range(50000, 60000))
-
-    def connect(self, host: str = HOST_A, kind: str = "tcp", limit: int | None = None) -> Pipe:
-        """A client connects to the service's port: what the listening port would do."""
-        address = IPv4Address("TCP", host, next(self._ports))
-        self.factory.kind = kind
-        pipe = self.world.client(host, address.port, limit)
-        pipe.connect(self.factory.buildProtocol(address))
-        self.world.run()
-        return pipe
-
-    @property
-    def backends(self) -> list[Pipe]:
-        return self.connector.dialer.backends
-
-    def sample(self, name: str, **labels: str) -> float:
-        return self.metrics.registry.get_sample_value(name, labels) or 0.0
-
-    def refusals(self, limit: str, service: str = "echo") -> float:
-        return self.sample("shield_refusals_total", service=service, limit=limit)
 
 
 def test_a_client_is_not_read_until_the_connector_answers_then_bytes_flow_both_ways() -> None:
