@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from shield.dmz.frontplane_tcp import PublicTcpProtocol, TcpClientEvent, TcpClientState
+from shield.dmz.frontplane_ws import PublicWebSocketProtocol, WsClientEvent, WsClientState
 from shield.dmz.tunnel import TunnelEvent, TunnelState, TunnelStream
 from shield.internal.backend import BackendStream, BackendStreamEvent, BackendStreamState
 from shield.lifecycle import Lifecycle, StateError
@@ -27,6 +28,7 @@ LIFECYCLES: list[tuple[type, type[Enum], type[Enum]]] = [
     (BackendStream, BackendStreamState, BackendStreamEvent),
     (TunnelStream, TunnelState, TunnelEvent),
     (PublicTcpProtocol, TcpClientState, TcpClientEvent),
+    (PublicWebSocketProtocol, WsClientState, WsClientEvent),
 ]
 
 _RULE = re.compile(r"^=+(?: +=+){2,}$")

@@ -16,7 +16,8 @@ import txaio
 
 from dmz_world_inprocess import HOST_A, Front, LogLines, WsClient, capture_log, upgrade_request
 from shield.config.model import ClientLimits
-from shield.dmz.frontplane_ws import PublicWebSocketProtocol
+from shield.dmz.frontplane_ws import PublicWebSocketProtocol, WsClientState
+from shield.lifecycle import StateError
 
 
 @pytest.fixture
@@ -58,10 +59,12 @@ def test_the_upgrade_waits_for_the_tunnel_then_messages_flow_both_ways(front: Ca
     f.world.run()
     client.read()
     assert client.status is None, "no answer before the connector has its backend"
+    assert protocol_of(client).lifecycle_state is WsClientState.OPENING
 
     f.connector.dialer.held[0].callback(f.connector.dialer.connect_backend())
     f.world.run()
     client.read()
+    assert client.status == 101 and protocol_of(client).lifecycle_state is WsClientState.RELAYING
     (backend,) = f.backends
     client.send_message(b"hello")
     client.send_message(b" world")
@@ -142,9 +145,11 @@ def test_a_client_over_the_limit_is_answered_at_once_and_not_read(front: Callabl
     refused = f.connect_ws(run=False)
     refused.read()
     assert refused.status == 503 and refused.pipe.disconnecting
+    assert protocol_of(refused).lifecycle_state is WsClientState.TURNED_AWAY
     refused.pipe.feed(upgrade_request())  # arrived before the close: read by nobody
     f.world.run()
     assert refused.pipe.lost and len(f.backends) == 1
+    assert protocol_of(refused).lifecycle_state is WsClientState.GONE
     assert not kept.pipe.disconnecting
 
 
@@ -157,6 +162,7 @@ def test_a_client_leaving_while_its_tunnel_opens_costs_a_dropped_tunnel_and_no_l
     f.world.run()
     client.pipe.drop(clean=False)
     f.world.run()
+    assert protocol_of(client).lifecycle_state is WsClientState.GONE
     f.connector.dialer.held[0].callback(f.connector.dialer.connect_backend())
     f.world.run()
     (backend,) = f.backends
@@ -164,3 +170,12 @@ def test_a_client_leaving_while_its_tunnel_opens_costs_a_dropped_tunnel_and_no_l
     assert f.world.registry.links[0].tunnels == 0 and f.gate.per_service["echo"] == 0
     assert f.sample("shield_streams_active", service="echo") == 0
     assert log.having("-> echo: 5") == []
+
+
+def test_events_out_of_turn_raise(front: Callable[..., Front]) -> None:
+    f = front()
+    client = upgraded(f)
+    protocol = protocol_of(client)
+    with pytest.raises(StateError, match="PublicWebSocketProtocol: event UPGRADED is not allowed in state RELAYING"):
+        protocol.onOpen()
+    assert protocol.lifecycle_state is WsClientState.RELAYING and len(f.backends) == 1
