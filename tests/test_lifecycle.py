@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from shield.dmz.balancer import BalancedClientEvent, BalancedClientState, _BalancedClient
 from shield.dmz.frontplane_tcp import PublicTcpProtocol, TcpClientEvent, TcpClientState
 from shield.dmz.frontplane_ws import PublicWebSocketProtocol, WsClientEvent, WsClientState
 from shield.dmz.tunnel import TunnelEvent, TunnelState, TunnelStream
@@ -29,6 +30,7 @@ LIFECYCLES: list[tuple[type, type[Enum], type[Enum]]] = [
     (TunnelStream, TunnelState, TunnelEvent),
     (PublicTcpProtocol, TcpClientState, TcpClientEvent),
     (PublicWebSocketProtocol, WsClientState, WsClientEvent),
+    (_BalancedClient, BalancedClientState, BalancedClientEvent),
 ]
 
 _RULE = re.compile(r"^=+(?: +=+){2,}$")
