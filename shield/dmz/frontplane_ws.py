@@ -166,10 +166,9 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
     RELAYING     LOST              GONE         the relay ends the tunnel
     REFUSED      HANDSHAKE_FAILED  REFUSED      the answer to the refusal logged already
     REFUSED      LOST              GONE         a tunnel it had is dropped
-    GONE         TUNNEL_READY      GONE         the tunnel is dropped
+    GONE         TUNNEL_READY      GONE         the tunnel is dropped and the upgrade denied
     GONE         TUNNEL_REFUSED    GONE         not logged: nobody to refuse
-    GONE         HANDSHAKE_FAILED  GONE         the answer to a lost connection: not logged
-    GONE         UPGRADED          GONE         Autobahn upgrades a lost connection: nothing to splice
+    GONE         HANDSHAKE_FAILED  GONE         nothing written or logged: nobody to answer
     ===========  ================  ===========  ==================================================
     """
 
@@ -193,7 +192,6 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         (WsClientState.GONE, WsClientEvent.TUNNEL_READY): WsClientState.GONE,
         (WsClientState.GONE, WsClientEvent.TUNNEL_REFUSED): WsClientState.GONE,
         (WsClientState.GONE, WsClientEvent.HANDSHAKE_FAILED): WsClientState.GONE,
-        (WsClientState.GONE, WsClientEvent.UPGRADED): WsClientState.GONE,
     }
 
     transport: IStreamTransport  # connected before any event reaches the protocol
@@ -261,7 +259,8 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
     def _opened(self, tunnel: TunnelStream) -> None:
         if self._life.fire(WsClientEvent.TUNNEL_READY) is WsClientState.GONE:
             tunnel.transport.abortConnection()
-            return None
+            # Autobahn would otherwise write a 101 to the closed connection and start its timers.
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "the client left before the upgrade")
         self._tunnel = tunnel
         return None  # accept the upgrade, no subprotocol
 
@@ -272,8 +271,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         raise ConnectionDeny(problem.status, problem.reason)
 
     def onOpen(self) -> None:
-        if self._life.fire(WsClientEvent.UPGRADED) is WsClientState.GONE:
-            return  # upgraded after it was lost (its tunnel was dropped): nothing to splice
+        self._life.fire(WsClientEvent.UPGRADED)
         tunnel = self._tunnel
         assert tunnel is not None, "UPGRADING is reached with a tunnel"
         # twisted.web's channel registered itself as the producer of this socket; the tunnel
@@ -355,7 +353,9 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         was logged already, or the client is gone)."""
         before = self._life.state
         self._life.fire(WsClientEvent.HANDSHAKE_FAILED)
-        if before is not WsClientState.REFUSED and before is not WsClientState.GONE:
+        if before is WsClientState.GONE:
+            return  # the connection is closed: nobody to answer
+        if before is not WsClientState.REFUSED:
             log.warn(
                 "ws client {client} -> {service}: {code} {reason}",
                 client=self.client, service=self.front.name, code=code, reason=reason,

@@ -137,6 +137,7 @@ class Pipe(StringTransport):
         self.write_closed = False
         self.aborted = False
         self.lost = False
+        self.writes_after_end = 0  # bytes written after its EOF or its end: no peer would get them
 
     def connect(self, protocol: IProtocol) -> IProtocol:
         self.protocol = protocol
@@ -145,6 +146,8 @@ class Pipe(StringTransport):
 
     # ITransport
     def write(self, data: bytes) -> None:
+        if self.write_closed or self.lost:
+            self.writes_after_end += len(data)
         if self.disconnecting or self.write_closed:
             return
         super().write(data)
@@ -474,9 +477,9 @@ class Front:
 
     def __init__(
         self, limits: ClientLimits = ClientLimits(), gateway: ClientLimits = ClientLimits(), mode: str = "connect",
-        linked: bool = True, connectors: tuple[str, ...] = ("internal1",),
+        linked: bool = True, connectors: tuple[str, ...] = ("internal1",), open_timeout: float = 10.0,
     ) -> None:  # fmt: skip
-        self.world = World(dmz_config({name: ("echo",) for name in connectors}, limits=limits))
+        self.world = World(dmz_config({name: ("echo",) for name in connectors}, limits=limits, open_timeout=open_timeout))
         self.metrics = Metrics()
         self.gate = ClientGate(gateway, self.metrics, self.world.clock)
         self.front = ServiceFront(self.world.config.services[0], self.world.opener, self.metrics, self.gate, self.world.clock)

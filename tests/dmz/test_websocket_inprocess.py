@@ -13,6 +13,8 @@ from typing import Callable, Iterator
 
 import pytest
 import txaio
+from twisted.internet import error
+from twisted.python.failure import Failure
 
 from dmz_world_inprocess import HOST_A, Front, LogLines, WsClient, capture_log, upgrade_request
 from shield.config.model import ClientLimits
@@ -170,6 +172,21 @@ def test_a_client_leaving_while_its_tunnel_opens_costs_a_dropped_tunnel_and_no_l
     assert f.world.registry.links[0].tunnels == 0 and f.gate.per_service["echo"] == 0
     assert f.sample("shield_streams_active", service="echo") == 0
     assert log.having("-> echo: 5") == []
+    assert client.pipe.writes_after_end == 0, "no 101 is written to a connection already lost"
+
+
+def test_a_client_that_left_gets_no_refusal_written_after_it(front: Callable[..., Front], log: LogLines) -> None:
+    f = front(mode="hold")
+    client = f.connect_ws()
+    client.send(upgrade_request())
+    f.world.run()
+    client.pipe.drop(clean=True)
+    f.world.run()
+    f.connector.dialer.held[0].errback(Failure(error.ConnectionRefusedError("connection refused")))
+    f.world.run()
+    assert client.pipe.writes_after_end == 0, "no 502 is written to a connection already lost"
+    assert log.having("-> echo: 502") == [], "nor logged: nobody was refused"
+    assert f.world.registry.links[0].tunnels == 0 and f.gate.per_service["echo"] == 0
 
 
 def test_events_out_of_turn_raise(front: Callable[..., Front]) -> None:
