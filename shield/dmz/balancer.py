@@ -348,8 +348,9 @@ class _BalancedClient(Handover):
         # else answered, cut, or not secured yet: dropped
 
     def before_choice(self, data: bytes) -> None:
-        """The request head, for a door that reads one before choosing (only it is in READING_HEAD)."""
-        self._initial += data
+        """Bytes of a request head: only a door that reads one first (``BalancedHttpClient``) is
+        ever in READING_HEAD."""
+        raise NotImplementedError
 
     def readConnectionLost(self) -> None:
         if self._life.state is BalancedClientState.RELAYING:
