@@ -325,6 +325,20 @@ class Link:
     def registered(self) -> ConnectorLink | None:
         return self.dmz.link
 
+    @property
+    def live(self) -> bool:
+        return not self.pump.serverIO.disconnecting
+
+    def drop(self) -> None:
+        """The connection under the link is reset (both ends see it on the next pump)."""
+        self.pump.serverIO.abortConnection()
+
+    @property
+    def pending_opens(self) -> int:
+        """Streams the connector holds a pending-open place for (``OpenLimits.pending``)."""
+        factory = self.connector.stream_factory
+        return 0 if factory is None else factory.limits.pending
+
 
 class World:
     """A DMZ's backplane, registry and tunnel opener, and the connectors linked to it."""

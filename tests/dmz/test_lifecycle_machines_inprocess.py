@@ -156,7 +156,7 @@ class TunnelWorld(RuleBasedStateMachine):
         return [peer for peer in self.backends if peer.open and not peer.eof]
 
     def _live_links(self) -> list[Any]:
-        return [link for link in self.f.world.links if not link.dmz.transport.disconnecting]
+        return [link for link in self.f.world.links if link.live]
 
     @initialize(mode=st.sampled_from(["hold", "connect"]))
     def connector_starts_dialling_so(self, mode: str) -> None:
@@ -213,7 +213,7 @@ class TunnelWorld(RuleBasedStateMachine):
             return
         live = self._live_links()
         if live:
-            live[0].dmz.transport.abortConnection()
+            live[0].drop()
         else:
             self.f.world.link(self.f.connector)
         self.settle()
@@ -269,9 +269,8 @@ class TunnelWorld(RuleBasedStateMachine):
         connector_active = f.connector.dialer.metrics.registry.get_sample_value("shield_streams_active", {"service": "echo"})
         assert (connector_active or 0.0) == 0
         for link in f.world.links:
-            assert link.dmz.link is None or link.dmz.link.tunnels == 0
-            factory = link.connector.stream_factory
-            assert factory is None or factory.limits.pending == 0
+            assert link.registered is None or link.registered.tunnels == 0
+            assert link.pending_opens == 0
 
     def end_clients(self) -> None:
         raise NotImplementedError
