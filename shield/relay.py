@@ -10,7 +10,8 @@ after an error.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from enum import Enum, auto
+from typing import Callable, ClassVar, Protocol
 
 from twisted.internet.protocol import connectionDone
 from twisted.internet import error, protocol
@@ -19,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shield.lifecycle import Lifecycle, Transitions
 from shield.net import send_room, socket_under
 from shield.transports import IStreamTransport
 
@@ -114,8 +116,68 @@ class ByteTally:
 UNCOUNTED = ByteTally()
 
 
+class RelayState(Enum):
+    OPEN = auto()  # bytes go both ways
+    A_HALF_CLOSED = auto()  # a sent EOF (b's output is half-closed); b -> a goes on
+    B_HALF_CLOSED = auto()
+    ENDED = auto()  # both sides are closed or closing; nothing more is carried
+
+
+class RelayEvent(Enum):
+    A_EOF = auto()  # a will send nothing more
+    B_EOF = auto()
+    A_LOST = auto()  # a's connection is gone
+    B_LOST = auto()
+
+
 class Relay:
-    """Joins side ``a`` and side ``b``; the protocols of both report their events here."""
+    """Joins side ``a`` and side ``b``; the protocols of both report their events here.
+
+    Its lifecycle (``LIFECYCLE``). The table is total: the two sides are independent connections
+    and either may report anything at any time, so what it fixes is what each report does:
+
+    =============  ======  =============  =====================================================
+    state          event   next           what happens
+    =============  ======  =============  =====================================================
+    OPEN           A_EOF   A_HALF_CLOSED  b's output is half-closed
+    OPEN           B_EOF   B_HALF_CLOSED  a's output is half-closed
+    OPEN           A_LOST  ENDED          b is closed, or aborted if a was
+    OPEN           B_LOST  ENDED          a is closed, or aborted if b was
+    A_HALF_CLOSED  A_EOF   A_HALF_CLOSED  said before: nothing
+    A_HALF_CLOSED  B_EOF   ENDED          both directions are finished: both sides closed
+    A_HALF_CLOSED  A_LOST  ENDED          b is closed cleanly: a had said everything
+    A_HALF_CLOSED  B_LOST  ENDED          a is closed, or aborted if b was
+    B_HALF_CLOSED  A_EOF   ENDED          both directions are finished: both sides closed
+    B_HALF_CLOSED  B_EOF   B_HALF_CLOSED  said before: nothing
+    B_HALF_CLOSED  A_LOST  ENDED          b is closed, or aborted if a was
+    B_HALF_CLOSED  B_LOST  ENDED          a is closed cleanly: b had said everything
+    ENDED          A_EOF   ENDED          too late: nothing
+    ENDED          B_EOF   ENDED          too late: nothing
+    ENDED          A_LOST  ENDED          too late: nothing
+    ENDED          B_LOST  ENDED          too late: nothing
+    =============  ======  =============  =====================================================
+
+    Bytes are carried in every state but ENDED.
+    """
+
+    LIFECYCLE: ClassVar[Transitions[RelayState, RelayEvent]] = {
+        (RelayState.OPEN, RelayEvent.A_EOF): RelayState.A_HALF_CLOSED,
+        (RelayState.OPEN, RelayEvent.B_EOF): RelayState.B_HALF_CLOSED,
+        (RelayState.OPEN, RelayEvent.A_LOST): RelayState.ENDED,
+        (RelayState.OPEN, RelayEvent.B_LOST): RelayState.ENDED,
+        (RelayState.A_HALF_CLOSED, RelayEvent.A_EOF): RelayState.A_HALF_CLOSED,
+        (RelayState.A_HALF_CLOSED, RelayEvent.B_EOF): RelayState.ENDED,
+        (RelayState.A_HALF_CLOSED, RelayEvent.A_LOST): RelayState.ENDED,
+        (RelayState.A_HALF_CLOSED, RelayEvent.B_LOST): RelayState.ENDED,
+        (RelayState.B_HALF_CLOSED, RelayEvent.A_EOF): RelayState.ENDED,
+        (RelayState.B_HALF_CLOSED, RelayEvent.B_EOF): RelayState.B_HALF_CLOSED,
+        (RelayState.B_HALF_CLOSED, RelayEvent.A_LOST): RelayState.ENDED,
+        (RelayState.B_HALF_CLOSED, RelayEvent.B_LOST): RelayState.ENDED,
+        (RelayState.ENDED, RelayEvent.A_EOF): RelayState.ENDED,
+        (RelayState.ENDED, RelayEvent.B_EOF): RelayState.ENDED,
+        (RelayState.ENDED, RelayEvent.A_LOST): RelayState.ENDED,
+        (RelayState.ENDED, RelayEvent.B_LOST): RelayState.ENDED,
+    }
 
     log = Logger()
 
@@ -130,10 +192,8 @@ class Relay:
         self._sides = (a, b)
         self._tallies = (a_to_b, b_to_a)
         self._moved = 0  # bytes carried either way, for idle detection
-        self._eof = [False, False]  # side i has sent EOF (its input is finished)
-        self._gone = [False, False]  # side i is closed entirely
+        self._life = Lifecycle("Relay", self.LIFECYCLE, RelayState.OPEN)
         self._on_finished = on_finished
-        self._finished = False
         b.consumer.registerProducer(a.producer, True)
         a.consumer.registerProducer(b.producer, True)
         a.follow(b.room)
@@ -149,7 +209,7 @@ class Relay:
 
     @property
     def finished(self) -> bool:
-        return self._finished
+        return self._life.state is RelayState.ENDED
 
     def _index(self, side: Side) -> int:
         # A side may wrap another (a paced client side wraps the client's own): the protocol
@@ -159,9 +219,9 @@ class Relay:
 
     def received(self, side: Side, data: bytes) -> None:
         """``side`` delivered bytes: pass them to the other side."""
-        i = self._index(side)
-        if self._gone[1 - i]:
+        if self._life.state is RelayState.ENDED:
             return
+        i = self._index(side)
         n = len(data)
         self._tallies[i].total += n
         self._moved += n
@@ -170,41 +230,37 @@ class Relay:
     def eof(self, side: Side) -> None:
         """``side`` will send nothing more: half-close the other side's output."""
         i = self._index(side)
-        if self._eof[i]:
-            return
-        self._eof[i] = True
-        if not self._gone[1 - i]:
-            self._sides[1 - i].send_eof()
-        if all(self._eof):
+        before = self._life.state
+        after = self._life.fire(_EOF[i])
+        if after is before:
+            return  # said before, or too late
+        self._sides[1 - i].send_eof()
+        if after is RelayState.ENDED:
             # Both directions are finished: nothing left to carry.
-            for j in (0, 1):
-                if not self._gone[j]:
-                    self._sides[j].close()
+            for each in self._sides:
+                each.close()
             self._finish("both sides finished")
 
     def lost(self, side: Side, clean: bool, reason: str) -> None:
         """``side`` is gone: close the other, gracefully if this one left cleanly."""
         i = self._index(side)
-        if self._gone[i]:
+        before = self._life.state
+        self._life.fire(_LOST[i])
+        if before is RelayState.ENDED:
             return
-        self._gone[i] = True
-        if self._eof[i]:
+        if before is _HALF_CLOSED[i]:
             # It had finished sending (EOF came first): everything it said has been passed on,
             # so the other side ends cleanly and keeps those bytes (a reset would discard them).
             clean = True
         other = self._sides[1 - i]
-        if not self._gone[1 - i]:
-            self._gone[1 - i] = True
-            if clean:
-                other.close()
-            else:
-                other.abort(reason)
+        if clean:
+            other.close()
+        else:
+            other.abort(reason)
         self._finish(reason)
 
     def _finish(self, reason: str) -> None:
-        if self._finished:
-            return
-        self._finished = True
+        """Entered ENDED (once): let go of the producers, tell the owner."""
         # Neither side produces for the other any more. A socket transport whose producer stays
         # registered (and paused) would, once its last bytes are out, resume that producer
         # instead of finishing the close it was asked for (Twisted's doWrite does one or the other).
@@ -212,6 +268,12 @@ class Relay:
             side.consumer.unregisterProducer()
         if self._on_finished is not None:
             self._on_finished(reason)
+
+
+#: The events and half-closed state of side ``i`` (0 is a, 1 is b).
+_EOF = (RelayEvent.A_EOF, RelayEvent.B_EOF)
+_LOST = (RelayEvent.A_LOST, RelayEvent.B_LOST)
+_HALF_CLOSED = (RelayState.A_HALF_CLOSED, RelayState.B_HALF_CLOSED)
 
 
 @implementer(IHalfCloseableProtocol)

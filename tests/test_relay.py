@@ -88,3 +88,21 @@ def test_when_the_relay_ends_no_side_keeps_the_other_as_its_producer() -> None:
     r, a, b, _, _, _ = relay()
     r.lost(a, clean=True, reason="closed")
     assert (a.consumer.unregistered, b.consumer.unregistered) == (1, 1)
+
+
+def test_reports_after_the_end_change_nothing() -> None:
+    """Once both directions finished, the sides' own losses (and a repeated EOF) are only late news."""
+    r, a, b, _, _, finished = relay()
+    r.eof(a)
+    r.eof(a)
+    assert b.events == ["follow", "eof"]
+    r.eof(b)
+    ends = (list(a.events), list(b.events))
+    r.lost(a, clean=False, reason="reset")
+    r.lost(b, clean=True, reason="closed")
+    r.eof(b)
+    assert (a.events, b.events) == ends, "nothing is closed, aborted or half-closed twice"
+    assert finished == ["both sides finished"]
+    assert (a.consumer.unregistered, b.consumer.unregistered) == (1, 1)
+    r.received(a, b"late")
+    assert b.sent == []

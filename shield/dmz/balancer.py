@@ -10,7 +10,8 @@ before it answers, the next one is tried; with none left the client gets 503 and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from enum import Enum, auto
+from typing import TYPE_CHECKING, Callable, ClassVar
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
@@ -30,6 +31,7 @@ from shield.cluster.membership import Candidate
 from shield.cluster.messages import ForwardRequest
 from shield.config.model import DmzService, Uri
 from shield.handover import Handover
+from shield.lifecycle import Lifecycle, Transitions
 from shield.net import set_no_delay
 from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
 from shield.relay import Relay, TransportSide
@@ -116,8 +118,95 @@ def _no_member_reason(front: BalancerFront, tried: list[str]) -> str:
     )
 
 
+class BalancedClientState(Enum):
+    NEW = auto()  # accepted (counted by the gateway), nothing decided yet
+    HANDSHAKING = auto()  # tls: its TLS handshake must complete before the deadline
+    SECURED = auto()  # tls: handshake done; its certificate is checked next
+    READING_HEAD = auto()  # ws: its HTTP request head must come before the deadline
+    PLACING = auto()  # a member is chosen and asked; the socket is paused, what it sent is held
+    RELAYING = auto()  # spliced to a member over the cluster link
+    HANDED_OVER = auto()  # served here: the protocol it was handed to has it
+    CLOSING = auto()  # answered (refused, redirected) or cut: only its end is awaited
+    GONE = auto()  # the connection is closed
+
+
+class BalancedClientEvent(Enum):
+    AWAIT_HANDSHAKE = auto()
+    HANDSHAKE_DONE = auto()
+    HANDSHAKE_LATE = auto()
+    AWAIT_HEAD = auto()
+    PLACE = auto()
+    FORWARDED = auto()  # a member took it
+    FORWARD_FAILED = auto()  # a member did not (or the cluster link failed)
+    HAND_OVER = auto()  # to a protocol of this member (served here, or the listener's site)
+    ANSWER = auto()  # a refusal, an HTTP error or a redirect is sent and the connection closed
+    LOST = auto()
+
+
 class _BalancedClient(Handover):
-    """Shared by both front doors: try candidates in order, forward or serve here, else refuse."""
+    """Shared by both front doors: try candidates in order, forward or serve here, else refuse.
+
+    Its lifecycle (``LIFECYCLE``; any other event is a ``StateError``):
+
+    ============  ===============  ============  ==============================================
+    state         event            next          what happens
+    ============  ===============  ============  ==============================================
+    NEW           AWAIT_HANDSHAKE  HANDSHAKING   tls: the handshake deadline starts
+    NEW           AWAIT_HEAD       READING_HEAD  ws: the request-head deadline starts
+    NEW           PLACE            PLACING       tcp: admitted, paused, a member is chosen
+    NEW           ANSWER           CLOSING       refused by a limit of the balancer
+    HANDSHAKING   HANDSHAKE_DONE   SECURED
+    HANDSHAKING   HANDSHAKE_LATE   CLOSING       cut, counted as handshake_timeout
+    HANDSHAKING   LOST             GONE
+    SECURED       PLACE            PLACING       paused, a member is chosen
+    SECURED       ANSWER           CLOSING       its certificate is refused (auth = "mtls")
+    READING_HEAD  PLACE            PLACING       admitted: paused, a member is chosen
+    READING_HEAD  HAND_OVER        HANDED_OVER   a path of no balancer: to the listener's site
+    READING_HEAD  ANSWER           CLOSING       408, 431, 400, 404, or a limit or auth refusal
+    READING_HEAD  LOST             GONE
+    PLACING       FORWARDED        RELAYING      resumed; what it sent so far goes first
+    PLACING       FORWARD_FAILED   PLACING       the next member is tried, or it is refused
+    PLACING       HAND_OVER        HANDED_OVER   served here; what it sent so far is replayed
+    PLACING       ANSWER           CLOSING       302 to the member, or refused with the reasons
+    PLACING       LOST             GONE          the forward is cancelled
+    RELAYING      LOST             GONE          the relay ends the forward stream
+    HANDED_OVER   LOST             GONE          passed on to the protocol serving it
+    CLOSING       HANDSHAKE_DONE   CLOSING       TLS went on after a refusal at the door
+    CLOSING       LOST             GONE
+    GONE          FORWARDED        GONE          it left during the forward: stream dropped
+    GONE          FORWARD_FAILED   GONE          it left during the forward: nothing to say
+    ============  ===============  ============  ==============================================
+
+    What it sends is relayed in RELAYING, held in PLACING, read as a request head in
+    READING_HEAD, and dropped in the other states before the hand-over.
+    """
+
+    LIFECYCLE: ClassVar[Transitions[BalancedClientState, BalancedClientEvent]] = {
+        (BalancedClientState.NEW, BalancedClientEvent.AWAIT_HANDSHAKE): BalancedClientState.HANDSHAKING,
+        (BalancedClientState.NEW, BalancedClientEvent.AWAIT_HEAD): BalancedClientState.READING_HEAD,
+        (BalancedClientState.NEW, BalancedClientEvent.PLACE): BalancedClientState.PLACING,
+        (BalancedClientState.NEW, BalancedClientEvent.ANSWER): BalancedClientState.CLOSING,
+        (BalancedClientState.HANDSHAKING, BalancedClientEvent.HANDSHAKE_DONE): BalancedClientState.SECURED,
+        (BalancedClientState.HANDSHAKING, BalancedClientEvent.HANDSHAKE_LATE): BalancedClientState.CLOSING,
+        (BalancedClientState.HANDSHAKING, BalancedClientEvent.LOST): BalancedClientState.GONE,
+        (BalancedClientState.SECURED, BalancedClientEvent.PLACE): BalancedClientState.PLACING,
+        (BalancedClientState.SECURED, BalancedClientEvent.ANSWER): BalancedClientState.CLOSING,
+        (BalancedClientState.READING_HEAD, BalancedClientEvent.PLACE): BalancedClientState.PLACING,
+        (BalancedClientState.READING_HEAD, BalancedClientEvent.HAND_OVER): BalancedClientState.HANDED_OVER,
+        (BalancedClientState.READING_HEAD, BalancedClientEvent.ANSWER): BalancedClientState.CLOSING,
+        (BalancedClientState.READING_HEAD, BalancedClientEvent.LOST): BalancedClientState.GONE,
+        (BalancedClientState.PLACING, BalancedClientEvent.FORWARDED): BalancedClientState.RELAYING,
+        (BalancedClientState.PLACING, BalancedClientEvent.FORWARD_FAILED): BalancedClientState.PLACING,
+        (BalancedClientState.PLACING, BalancedClientEvent.HAND_OVER): BalancedClientState.HANDED_OVER,
+        (BalancedClientState.PLACING, BalancedClientEvent.ANSWER): BalancedClientState.CLOSING,
+        (BalancedClientState.PLACING, BalancedClientEvent.LOST): BalancedClientState.GONE,
+        (BalancedClientState.RELAYING, BalancedClientEvent.LOST): BalancedClientState.GONE,
+        (BalancedClientState.HANDED_OVER, BalancedClientEvent.LOST): BalancedClientState.GONE,
+        (BalancedClientState.CLOSING, BalancedClientEvent.HANDSHAKE_DONE): BalancedClientState.CLOSING,
+        (BalancedClientState.CLOSING, BalancedClientEvent.LOST): BalancedClientState.GONE,
+        (BalancedClientState.GONE, BalancedClientEvent.FORWARDED): BalancedClientState.GONE,
+        (BalancedClientState.GONE, BalancedClientEvent.FORWARD_FAILED): BalancedClientState.GONE,
+    }
 
     kind = "tcp"  # what the member receives: "ws" (an HTTP upgrade request) or "tcp"
     front: BalancerFront
@@ -131,11 +220,14 @@ class _BalancedClient(Handover):
         self._tried: list[str] = []
         self._exclude: set[str | None] = set()
         self._pending: Deferred[ForwardStream] | None = None
-        self._gone = False
-        self._placed = False
+        self._life = Lifecycle(type(self).__name__, self.LIFECYCLE, BalancedClientState.NEW)
         self._metadata: dict[str, str] = {}
         self.connection_ticket: Ticket | None = None  # the gateway's count, taken at accept
         self.gate: ClientGate  # set by the factory
+
+    @property
+    def state(self) -> BalancedClientState:
+        return self._life.state
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
@@ -149,7 +241,6 @@ class _BalancedClient(Handover):
         """This balancer's own limits, once the client is known to be its client."""
         admitted = self.front.gate.admit(self.front.name, self.front.config.limits, host_of(self.transport.getPeer()), self.client)
         if isinstance(admitted, Refusal):
-            self._gone = True
             self.send_refusal(admitted.status, admitted.reason)
             return False
         self.gate.hold(self.transport, admitted)
@@ -170,14 +261,12 @@ class _BalancedClient(Handover):
 
     def place(self, initial: bytes) -> None:
         """Choose a member for this client and hand it over; ``initial`` are the bytes read so far."""
+        self._life.fire(BalancedClientEvent.PLACE)
         self._initial = initial
-        self._placed = True
         self.transport.pauseProducing()
         self._next()
 
     def _next(self) -> None:
-        if self._gone:
-            return
         found = self.front.candidates(self.accept, self._exclude)
         if not found:
             self.refuse(503, "no_member", _no_member_reason(self.front, self._tried))
@@ -197,6 +286,7 @@ class _BalancedClient(Handover):
                 self._tried.append("this member cannot serve it")
                 self._next()
                 return
+            self._life.fire(BalancedClientEvent.HAND_OVER)
             self.front.counted(None)
             self.transport.resumeProducing()
             self.hand_to(inner, self._initial)
@@ -212,7 +302,7 @@ class _BalancedClient(Handover):
 
     def _forwarded(self, stream: ForwardStream) -> None:
         self._pending = None
-        if self._gone:
+        if self._life.fire(BalancedClientEvent.FORWARDED) is BalancedClientState.GONE:
             stream.transport.abortConnection()
             return
         self.front.counted(stream.member)
@@ -225,7 +315,7 @@ class _BalancedClient(Handover):
 
     def _forward_failed(self, failure: Failure, choice: Candidate) -> None:
         self._pending = None
-        if self._gone:
+        if self._life.fire(BalancedClientEvent.FORWARD_FAILED) is BalancedClientState.GONE:
             return
         problem = failure.value
         if isinstance(problem, ForwardFailed) and problem.retry:
@@ -240,33 +330,40 @@ class _BalancedClient(Handover):
         self.send_refusal(status, reason)
 
     def send_refusal(self, status: int, reason: str) -> None:
+        self._life.fire(BalancedClientEvent.ANSWER)
+        self.answer(status, reason)
+
+    def answer(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Tell the client ``status`` and close: raw TCP has no status to send, so it only closes."""
         self.transport.loseConnection()
 
     def before_handover(self, data: bytes) -> None:
-        if self.relay_ is not None:
-            self.relay_.received(self.side, data)  # type: ignore[arg-type]  # side is set together with relay_, in join()
-        elif self._placed:
+        state = self._life.state
+        if state is BalancedClientState.RELAYING:
+            self.relay_.received(self.side, data)  # type: ignore[union-attr, arg-type]  # relay_ and side are set on FORWARDED
+        elif state is BalancedClientState.PLACING:
             self._initial += data  # a member is being chosen: hold, it will get these first
-        else:
+        elif state is BalancedClientState.READING_HEAD:
             self.before_choice(data)
+        # else answered, cut, or not secured yet: dropped
 
     def before_choice(self, data: bytes) -> None:
-        self._initial += data
+        """Bytes of a request head: only a door that reads one first (``BalancedHttpClient``) is
+        ever in READING_HEAD."""
+        raise NotImplementedError
 
     def readConnectionLost(self) -> None:
-        if self.relay_ is not None:
-            self.relay_.eof(self.side)  # type: ignore[arg-type]  # side is set together with relay_, in join()
-        elif self.inner is not None:
-            super().readConnectionLost()
+        if self._life.state is BalancedClientState.RELAYING:
+            self.relay_.eof(self.side)  # type: ignore[union-attr, arg-type]  # relay_ and side are set on FORWARDED
         else:
-            self.transport.loseConnection()
+            super().readConnectionLost()  # to the protocol it was handed to, or the end
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._life.fire(BalancedClientEvent.LOST)
         self.gate.release(self.transport)
         super().connectionLost(reason)
 
     def lost_before_handover(self, reason: Failure) -> None:
-        self._gone = True
         if self.relay_ is not None:
             from twisted.internet import error
 
@@ -295,17 +392,21 @@ class BalancedTcpClient(_BalancedClient):
         if self.accept.scheme == "tcp":
             self.place(b"")
         else:
+            self._life.fire(BalancedClientEvent.AWAIT_HANDSHAKE)
             seconds = self.front.config.limits.handshake_timeout
             self._handshake_deadline.start(seconds, self._handshake_too_slow, seconds)
 
     def _handshake_too_slow(self, seconds: float) -> None:
+        self._life.fire(BalancedClientEvent.HANDSHAKE_LATE)
         self.front.metrics.refusals.labels(service=self.front.name, limit="handshake_timeout").inc()
         self.front.gate.note(self.front.name, "handshake_timeout", f"tls client {self.client} -> {self.front.name}: no TLS handshake within {seconds:g} s; closed")
         self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
         self._handshake_deadline.cancel()
-        if not self._gone and self.authenticated():
+        if self._life.fire(BalancedClientEvent.HANDSHAKE_DONE) is BalancedClientState.CLOSING:
+            return  # refused at the door while TLS went on
+        if self.authenticated():
             self.place(b"")
 
     def lost_before_handover(self, reason: Failure) -> None:
@@ -329,12 +430,12 @@ class BalancedHttpClient(_BalancedClient):
         self.clock = clock
         self.head_timeout = head_timeout
         self._head = b""
-        self._answered = False
         self._head_deadline = Deadline(clock)
         self._target = ""
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._life.fire(BalancedClientEvent.AWAIT_HEAD)
         self._head_deadline.start(self.head_timeout, self._slow)
 
     def _slow(self) -> None:
@@ -344,8 +445,6 @@ class BalancedHttpClient(_BalancedClient):
         self.send_refusal(408, f"request not completed within {self.head_timeout:g} s")
 
     def before_choice(self, data: bytes) -> None:
-        if self._answered:
-            return  # refused already: what else it sends changes nothing (and logs nothing)
         self._head += data
         end = self._head.find(b"\r\n\r\n")
         if end < 0:
@@ -367,6 +466,7 @@ class BalancedHttpClient(_BalancedClient):
         route = self.routes.get(path)
         if route is None:
             if self.fallback is not None:
+                self._life.fire(BalancedClientEvent.HAND_OVER)
                 self.hand_to(self.fallback.handed_over(self.transport.getPeer()), head)
             else:
                 self.send_refusal(404, "no WebSocket service at this path")
@@ -386,13 +486,10 @@ class BalancedHttpClient(_BalancedClient):
             self._next()
             return
         self.front.counted(choice.member)
-        self._respond(302, "", (("Location", location),))
+        self._life.fire(BalancedClientEvent.ANSWER)
+        self.answer(302, "", (("Location", location),))
 
-    def send_refusal(self, status: int, reason: str) -> None:
-        self._answered = True
-        self._respond(status, reason)
-
-    def _respond(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+    def answer(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         if status == 401:
             headers = (*headers, ("WWW-Authenticate", 'Bearer realm="shield"'))
         self.transport.write(http_response(status, reason, headers))

@@ -8,8 +8,9 @@ payloads (binary or text) become backend bytes; backend bytes become binary mess
 
 from __future__ import annotations
 
+from enum import Enum, auto
 from pprint import pformat
-from typing import Any, Callable, TypeVar, cast
+from typing import Any, Callable, ClassVar, TypeVar, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -33,6 +34,7 @@ from shield.ops.http import http_response, status_phrase
 from shield.dmz.auth import check_client_certificate, check_token
 from shield.dmz.service import ServiceFront
 from shield.dmz.tunnel import OpenFailed, TunnelStream
+from shield.lifecycle import Lifecycle, Transitions
 from shield.net import send_room, set_no_delay, socket_under
 from shield.relay import Relay
 from shield.transports import IStreamTransport
@@ -115,9 +117,82 @@ class WebSocketSide:
         self.protocol.sendCloseFrame(code=code, reasonUtf8=_close_reason(reason), isReply=False)
 
 
+class WsClientState(Enum):
+    NEW = auto()  # accepted, not yet admitted
+    TURNED_AWAY = auto()  # refused by a connection limit: answered at once, Autobahn never started
+    HANDSHAKING = auto()  # Autobahn reads the upgrade request
+    OPENING = auto()  # the request passed; a tunnel is opened and the upgrade waits for it
+    UPGRADING = auto()  # the tunnel is ready; Autobahn answers 101
+    RELAYING = auto()  # spliced to the tunnel
+    REFUSED = auto()  # refused with one log line; the HTTP error answer goes out
+    GONE = auto()  # the connection is closed (Autobahn's onClose)
+
+
+class WsClientEvent(Enum):
+    DOOR_REFUSED = auto()
+    ADMITTED = auto()
+    DENIED = auto()  # token, certificate or origin refused
+    OPEN = auto()
+    TUNNEL_READY = auto()
+    TUNNEL_REFUSED = auto()
+    HANDSHAKE_FAILED = auto()  # Autobahn's failHandshake: the HTTP error answer
+    UPGRADED = auto()  # Autobahn's onOpen
+    LOST = auto()
+
+
 @implementer(IHalfCloseableProtocol)
 class PublicWebSocketProtocol(WebSocketServerProtocol):
-    """One public WebSocket client of one service."""
+    """One public WebSocket client of one service.
+
+    Its lifecycle (``LIFECYCLE``; any other event is a ``StateError``):
+
+    ===========  ================  ===========  ==================================================
+    state        event             next         what happens
+    ===========  ================  ===========  ==================================================
+    NEW          DOOR_REFUSED      TURNED_AWAY  answered in raw HTTP; what it sends is not read
+    NEW          ADMITTED          HANDSHAKING  Autobahn starts
+    TURNED_AWAY  LOST              GONE
+    HANDSHAKING  DENIED            REFUSED      one line: token, certificate or origin
+    HANDSHAKING  OPEN              OPENING      a tunnel is opened; the upgrade waits for it
+    HANDSHAKING  HANDSHAKE_FAILED  REFUSED      Autobahn refused the request: one line
+    HANDSHAKING  LOST              GONE
+    OPENING      TUNNEL_READY      UPGRADING    the upgrade completes
+    OPENING      TUNNEL_REFUSED    REFUSED      one line; the answer has the tunnel's status
+    OPENING      HANDSHAKE_FAILED  REFUSED      an unexpected error in onConnect: one line
+    OPENING      LOST              GONE         the opening goes on; its outcome finds it gone
+    UPGRADING    UPGRADED          RELAYING     spliced to the tunnel
+    UPGRADING    HANDSHAKE_FAILED  REFUSED      Autobahn refused its extension offer: one line;
+                                                the tunnel is dropped when the connection ends
+    RELAYING     LOST              GONE         the relay ends the tunnel
+    REFUSED      HANDSHAKE_FAILED  REFUSED      the answer to the refusal logged already
+    REFUSED      LOST              GONE         a tunnel it had is dropped
+    GONE         TUNNEL_READY      GONE         the tunnel is dropped and the upgrade denied
+    GONE         TUNNEL_REFUSED    GONE         not logged: nobody to refuse
+    GONE         HANDSHAKE_FAILED  GONE         nothing written or logged: nobody to answer
+    ===========  ================  ===========  ==================================================
+    """
+
+    LIFECYCLE: ClassVar[Transitions[WsClientState, WsClientEvent]] = {
+        (WsClientState.NEW, WsClientEvent.DOOR_REFUSED): WsClientState.TURNED_AWAY,
+        (WsClientState.NEW, WsClientEvent.ADMITTED): WsClientState.HANDSHAKING,
+        (WsClientState.TURNED_AWAY, WsClientEvent.LOST): WsClientState.GONE,
+        (WsClientState.HANDSHAKING, WsClientEvent.DENIED): WsClientState.REFUSED,
+        (WsClientState.HANDSHAKING, WsClientEvent.OPEN): WsClientState.OPENING,
+        (WsClientState.HANDSHAKING, WsClientEvent.HANDSHAKE_FAILED): WsClientState.REFUSED,
+        (WsClientState.HANDSHAKING, WsClientEvent.LOST): WsClientState.GONE,
+        (WsClientState.OPENING, WsClientEvent.TUNNEL_READY): WsClientState.UPGRADING,
+        (WsClientState.OPENING, WsClientEvent.TUNNEL_REFUSED): WsClientState.REFUSED,
+        (WsClientState.OPENING, WsClientEvent.HANDSHAKE_FAILED): WsClientState.REFUSED,
+        (WsClientState.OPENING, WsClientEvent.LOST): WsClientState.GONE,
+        (WsClientState.UPGRADING, WsClientEvent.UPGRADED): WsClientState.RELAYING,
+        (WsClientState.UPGRADING, WsClientEvent.HANDSHAKE_FAILED): WsClientState.REFUSED,
+        (WsClientState.RELAYING, WsClientEvent.LOST): WsClientState.GONE,
+        (WsClientState.REFUSED, WsClientEvent.HANDSHAKE_FAILED): WsClientState.REFUSED,
+        (WsClientState.REFUSED, WsClientEvent.LOST): WsClientState.GONE,
+        (WsClientState.GONE, WsClientEvent.TUNNEL_READY): WsClientState.GONE,
+        (WsClientState.GONE, WsClientEvent.TUNNEL_REFUSED): WsClientState.GONE,
+        (WsClientState.GONE, WsClientEvent.HANDSHAKE_FAILED): WsClientState.GONE,
+    }
 
     transport: IStreamTransport  # connected before any event reaches the protocol
 
@@ -129,11 +204,13 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         self._tunnel: TunnelStream | None = None
         self._relay: Relay | None = None
         self._side: WebSocketSide | None = None
-        self._gone = False
-        self._refusal_logged = False
-        self._close_logged = False
         self._ticket: Ticket | None = None
-        self._started = False  # Autobahn's side of the connection began (not refused at once)
+        self._life = Lifecycle("PublicWebSocketProtocol", self.LIFECYCLE, WsClientState.NEW)
+
+    @property
+    def lifecycle_state(self) -> WsClientState:
+        """Where it is in its lifecycle (``state`` is Autobahn's WebSocket state)."""
+        return self._life.state
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -141,12 +218,11 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         admitted = self.front.admit(getattr(peer, "host", self.client), self.client)
         if isinstance(admitted, Refusal):
             # Refused before reading a byte: answer and go, whatever the client sends.
-            self._gone = True
-            self._refusal_logged = True
+            self._life.fire(WsClientEvent.DOOR_REFUSED)
             self._raw_response(admitted.status, admitted.reason)
             return
         self._ticket = admitted
-        self._started = True
+        self._life.fire(WsClientEvent.ADMITTED)
         super().connectionMade()
         set_no_delay(self.transport)
 
@@ -162,41 +238,42 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         elif config.auth == "mtls":
             denied = check_client_certificate(config, self.transport)
         if denied is not None:
+            self._life.fire(WsClientEvent.DENIED)
             self.front.denied(self.client, "ws", denied.status, denied.label, denied.reason)
-            self._refusal_logged = True
             raise ConnectionDeny(denied.status, denied.reason)
         origin = request.headers.get("origin")
         allowed = self.front.config.allow_origin
         if origin is not None and "*" not in allowed and origin not in allowed:
             reason = f"origin {origin!r} is not allowed for service {self.front.name!r}"
+            self._life.fire(WsClientEvent.DENIED)
             self.front.denied(self.client, "ws", 403, "origin", reason)
-            self._refusal_logged = True
             raise ConnectionDeny(403, reason)
         extra: tuple[tuple[str, str], ...] = (("path", request.path),)
         if origin is not None:
             extra += (("origin", origin),)
+        self._life.fire(WsClientEvent.OPEN)
         opening = self.front.open(self.client, "ws", extra)
         opening.addCallbacks(self._opened, self._refused)
         return opening
 
     def _opened(self, tunnel: TunnelStream) -> None:
-        if self._gone:
+        if self._life.fire(WsClientEvent.TUNNEL_READY) is WsClientState.GONE:
             tunnel.transport.abortConnection()
-            return None
+            # Autobahn would otherwise write a 101 to the closed connection and start its timers.
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "the client left before the upgrade")
         self._tunnel = tunnel
         return None  # accept the upgrade, no subprotocol
 
     def _refused(self, failure: Failure) -> None:
         problem = failure.value if failure.check(OpenFailed) else OpenFailed(502, "internal", failure.getErrorMessage())
-        if not self._gone:
+        if self._life.fire(WsClientEvent.TUNNEL_REFUSED) is not WsClientState.GONE:
             self.front.refused(self.client, "ws", problem)
-        self._refusal_logged = True
         raise ConnectionDeny(problem.status, problem.reason)
 
     def onOpen(self) -> None:
+        self._life.fire(WsClientEvent.UPGRADED)
         tunnel = self._tunnel
-        if tunnel is None:
-            return
+        assert tunnel is not None, "UPGRADING is reached with a tunnel"
         # twisted.web's channel registered itself as the producer of this socket; the tunnel
         # stream takes its place so backpressure flows between the client and the stream.
         if getattr(self.transport, "producer", None) is not None:
@@ -240,7 +317,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._started:
+        if self._life.state is WsClientState.TURNED_AWAY:
             return  # refused at connectionMade: the answer is on its way, the request is moot
         super().dataReceived(data)
 
@@ -249,16 +326,16 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         if self._ticket is not None:
             self._ticket.release()
             self._ticket = None
-        if not self._started:
-            return  # refused at connectionMade: Autobahn never started
-        super().connectionLost(reason)
+        if self._life.state is WsClientState.TURNED_AWAY:
+            self._life.fire(WsClientEvent.LOST)
+            return  # Autobahn never started
+        super().connectionLost(reason)  # Autobahn's, which calls onClose
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._gone = True
+        self._life.fire(WsClientEvent.LOST)
         local_code = getattr(self, "localCloseCode", None)
-        if local_code not in _ORDINARY_CLOSES and not self._close_logged:
+        if local_code not in _ORDINARY_CLOSES:
             # This side closed for cause (message too big, protocol violation, ping timeout).
-            self._close_logged = True
             why = getattr(self, "localCloseReason", None) or self.wasNotCleanReason or reason
             if isinstance(why, bytes):
                 why = why.decode("utf-8", errors="replace")
@@ -272,8 +349,13 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
             self._tunnel.transport.abortConnection()
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
-        """Refuse the upgrade with one log line: ours, not Autobahn's two."""
-        if not self._refusal_logged:
+        """Refuse the upgrade with one log line: ours, not Autobahn's two (none if the refusal
+        was logged already, or the client is gone)."""
+        before = self._life.state
+        self._life.fire(WsClientEvent.HANDSHAKE_FAILED)
+        if before is WsClientState.GONE:
+            return  # the connection is closed: nobody to answer
+        if before is not WsClientState.REFUSED:
             log.warn(
                 "ws client {client} -> {service}: {code} {reason}",
                 client=self.client, service=self.front.name, code=code, reason=reason,

@@ -7,7 +7,8 @@ HTTP status and the one-line reason the public client and the log will see.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from enum import Enum, auto
+from typing import Callable, ClassVar, Iterable
 
 from twisted.internet.protocol import connectionDone
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -17,6 +18,7 @@ from twisted.python.failure import Failure
 from shield.deadline import Deadline
 from shield.refusal import Refusal, RefusedError
 from shield.dmz.links import ConnectorLink, LinkRegistry
+from shield.lifecycle import Lifecycle, Transitions
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
 from shield.mux.budget import BufferBudget
 from shield.mux.errors import MuxError
@@ -43,8 +45,79 @@ class _Retry(Exception):
     """The link refused the stream before answering (it is going away): try another link."""
 
 
+class TunnelState(Enum):
+    NEW = auto()  # the stream is being opened on its link
+    AWAITING_ANSWER = auto()  # OPEN sent; the connector's answer must come before the deadline
+    ANSWERED = auto()  # answered OK; bytes are held until the public client is joined
+    RELAYING = auto()  # spliced to the public client
+    FAILED = auto()  # ``answered`` failed (refused, bad or late answer, closed): closing
+    CANCELLED = auto()  # the public client left before the answer: reset
+    GONE = auto()  # the stream is closed
+
+
+class TunnelEvent(Enum):
+    OPEN_SENT = auto()
+    ANSWER_OK = auto()
+    ANSWER_REFUSED = auto()  # an OPEN_REPLY with another status
+    ANSWER_BAD = auto()  # bytes that are no OPEN_REPLY
+    ANSWER_LATE = auto()  # the open-timeout ran out
+    INPUT_ENDED = auto()  # the connector half-closed the stream
+    CANCEL = auto()  # the public client left
+    JOIN = auto()  # the front splices the public client onto it
+    LOST = auto()  # the stream's connectionLost
+
+
 class TunnelStream(RelayedProtocol):
-    """The DMZ's end of one tunnel stream: OPEN, wait for OPEN_REPLY, then relay."""
+    """The DMZ's end of one tunnel stream: OPEN, wait for OPEN_REPLY, then relay.
+
+    Its lifecycle (``LIFECYCLE``; any other event is a ``StateError``):
+
+    ===============  ==============  ===============  =================================================
+    state            event           next             what happens
+    ===============  ==============  ===============  =================================================
+    NEW              OPEN_SENT       AWAITING_ANSWER  OPEN written; the answer deadline starts
+    AWAITING_ANSWER  ANSWER_OK       ANSWERED         ``answered`` fires with this stream
+    AWAITING_ANSWER  ANSWER_REFUSED  FAILED           fails with the connector's reason; closed
+    AWAITING_ANSWER  ANSWER_BAD      FAILED           fails with 502 bad_reply; reset
+    AWAITING_ANSWER  ANSWER_LATE     FAILED           fails with 504 open_timeout; reset
+    AWAITING_ANSWER  INPUT_ENDED     FAILED           fails with 502 closed; closed
+    AWAITING_ANSWER  CANCEL          CANCELLED        reset
+    AWAITING_ANSWER  LOST            GONE             fails with _Retry: the link refused it or died,
+                                                      no client byte went anywhere, another link may
+    ANSWERED         JOIN            RELAYING         what was held goes to the client first
+    ANSWERED         INPUT_ENDED     ANSWERED         held for the relay
+    ANSWERED         LOST            GONE
+    RELAYING         INPUT_ENDED     RELAYING         passed to the relay (half-close)
+    RELAYING         LOST            GONE             the relay ends the client
+    FAILED           INPUT_ENDED     FAILED           nothing more to hear
+    FAILED           LOST            GONE
+    CANCELLED        LOST            GONE             fails with CancelledError: the client is gone,
+                                                      no other link is tried for it
+    ===============  ==============  ===============  =================================================
+
+    Leaving AWAITING_ANSWER stops the answer deadline, whichever way it is left. Bytes from the
+    connector are read as its answer in AWAITING_ANSWER, held in ANSWERED, relayed in RELAYING
+    and dropped in every other state.
+    """
+
+    LIFECYCLE: ClassVar[Transitions[TunnelState, TunnelEvent]] = {
+        (TunnelState.NEW, TunnelEvent.OPEN_SENT): TunnelState.AWAITING_ANSWER,
+        (TunnelState.AWAITING_ANSWER, TunnelEvent.ANSWER_OK): TunnelState.ANSWERED,
+        (TunnelState.AWAITING_ANSWER, TunnelEvent.ANSWER_REFUSED): TunnelState.FAILED,
+        (TunnelState.AWAITING_ANSWER, TunnelEvent.ANSWER_BAD): TunnelState.FAILED,
+        (TunnelState.AWAITING_ANSWER, TunnelEvent.ANSWER_LATE): TunnelState.FAILED,
+        (TunnelState.AWAITING_ANSWER, TunnelEvent.INPUT_ENDED): TunnelState.FAILED,
+        (TunnelState.AWAITING_ANSWER, TunnelEvent.CANCEL): TunnelState.CANCELLED,
+        (TunnelState.AWAITING_ANSWER, TunnelEvent.LOST): TunnelState.GONE,
+        (TunnelState.ANSWERED, TunnelEvent.JOIN): TunnelState.RELAYING,
+        (TunnelState.ANSWERED, TunnelEvent.INPUT_ENDED): TunnelState.ANSWERED,
+        (TunnelState.ANSWERED, TunnelEvent.LOST): TunnelState.GONE,
+        (TunnelState.RELAYING, TunnelEvent.INPUT_ENDED): TunnelState.RELAYING,
+        (TunnelState.RELAYING, TunnelEvent.LOST): TunnelState.GONE,
+        (TunnelState.FAILED, TunnelEvent.INPUT_ENDED): TunnelState.FAILED,
+        (TunnelState.FAILED, TunnelEvent.LOST): TunnelState.GONE,
+        (TunnelState.CANCELLED, TunnelEvent.LOST): TunnelState.GONE,
+    }
 
     def __init__(
         self, request: OpenRequest, link: ConnectorLink, timeout: float, clock: IReactorTime, open_timeout: float | None = None
@@ -57,82 +130,107 @@ class TunnelStream(RelayedProtocol):
         self._clock = clock
         self._answer_deadline = Deadline(clock)
         self._reader = MessageReader((OpenReply,))
+        self._life = Lifecycle("TunnelStream", self.LIFECYCLE, TunnelState.NEW)
+
+    @property
+    def state(self) -> TunnelState:
+        return self._life.state
+
+    def _transition(self, event: TunnelEvent) -> TunnelState:
+        """Take ``event``; an answer no longer awaited has no deadline, however it stops being awaited."""
+        before = self._life.state
+        after = self._life.fire(event)
+        if before is TunnelState.AWAITING_ANSWER:
+            self._answer_deadline.cancel()
+        return after
 
     # -- before the answer ---------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._transition(TunnelEvent.OPEN_SENT)
         self.link.tunnels += 1
         self.transport.write(encode(self.request))
         self._answer_deadline.start(self._timeout, self._timed_out)
 
     def _timed_out(self) -> None:
+        self._transition(TunnelEvent.ANSWER_LATE)
         connector = self.link.connector
-        self._fail(
+        self.answered.errback(
             OpenFailed(504, "open_timeout", f"connector {connector!r} did not answer within {self._open_timeout:g} s")
         )
         self.transport.abortConnection()
 
-    def _fail(self, failure: Exception) -> None:
-        self._answer_deadline.cancel()
-        if not self.answered.called:
-            self.answered.errback(failure)
-
     def cancel(self) -> None:
         """The public client left before the answer: drop the stream."""
-        self._answer_deadline.cancel()
+        self._transition(TunnelEvent.CANCEL)
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.relay is not None or self.answered.called:
-            super().dataReceived(data)
+        state = self._life.state
+        if state is TunnelState.RELAYING or state is TunnelState.ANSWERED:
+            super().dataReceived(data)  # relayed, or held until the client is joined
             return
+        if state is not TunnelState.AWAITING_ANSWER:
+            return  # failed or cancelled: nobody will read it
         try:
             reply, rest = self._reader.feed(data)
         except WireError as problem:
-            self._fail(OpenFailed(502, "bad_reply", f"connector {self.link.connector!r} sent a bad reply: {problem}"))
+            self._transition(TunnelEvent.ANSWER_BAD)
+            self.answered.errback(
+                OpenFailed(502, "bad_reply", f"connector {self.link.connector!r} sent a bad reply: {problem}")
+            )
             self.transport.abortConnection()
             return
         if reply is None:
             return
         assert isinstance(reply, OpenReply)
-        if rest:
-            super().dataReceived(rest)
         if reply.status == OpenStatus.OK:
-            self._answer_deadline.cancel()
+            self._transition(TunnelEvent.ANSWER_OK)
+            if rest:
+                super().dataReceived(rest)  # held: the client gets it first once joined
             self.answered.callback(self)
             return
+        self._transition(TunnelEvent.ANSWER_REFUSED)
         status, label = _STATUS_FOR_REPLY.get(reply.status, (502, "refused"))
         reason = reply.reason or reply.status.name.lower().replace("_", " ")
-        self._fail(OpenFailed(status, label, f"connector {self.link.connector!r}: {reason}"))
+        self.answered.errback(OpenFailed(status, label, f"connector {self.link.connector!r}: {reason}"))
         self.transport.loseConnection()
 
     # -- relaying --------------------------------------------------------------------------------
 
     def start_relay(self, public: Side, to_backend, to_client, on_finished) -> Relay:
         """Join this stream to the public client's side; bytes held so far go out first."""
+        self._transition(TunnelEvent.JOIN)
         return self.join(lambda side: Relay(public, side, to_backend, to_client, on_finished))
 
     def readConnectionLost(self) -> None:
-        if self.relay is not None or self.answered.called:
-            super().readConnectionLost()
-        else:
-            self._fail(
+        state = self._life.state
+        self._transition(TunnelEvent.INPUT_ENDED)
+        if state is TunnelState.AWAITING_ANSWER:
+            self.answered.errback(
                 OpenFailed(502, "closed", f"connector {self.link.connector!r} closed the stream without answering")
             )
             self.transport.loseConnection()
+        elif state is not TunnelState.FAILED:
+            super().readConnectionLost()  # to the relay, or held for it
 
     def describe_loss(self, reason: Failure) -> str:
         return _link_reason(reason)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.link.tunnels -= 1
-        self._answer_deadline.cancel()
-        if self.relay is not None:
+        state = self._life.state
+        self._transition(TunnelEvent.LOST)
+        if state is TunnelState.RELAYING:
             super().connectionLost(reason)
-        elif not self.answered.called:
+        elif state is TunnelState.AWAITING_ANSWER:
             # Refused (reset by a link going away) or the link died before the connector answered:
             # no client byte has gone anywhere yet, so another link may take the client.
             self.answered.errback(_Retry(f"connector {self.link.connector!r}: {_link_reason(reason)}"))
+        elif state is TunnelState.CANCELLED:
+            # Reset because the client left: that says nothing about the link, and there is
+            # nobody left to open another tunnel for.
+            self.answered.errback(CancelledError("the public client left before the answer"))
 
 
 def _link_reason(reason: Failure) -> str:

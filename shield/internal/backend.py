@@ -16,8 +16,8 @@ unknown OPENs) and logged, but a burst of them gives one log line per second per
 from __future__ import annotations
 
 from collections.abc import Hashable
-
-from typing import Callable, cast
+from enum import Enum, auto
+from typing import Callable, ClassVar, cast
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from shield.deadline import Deadline
 from shield.config.model import InternalService
 from shield.internal.health import describe as describe_failure
+from shield.lifecycle import Lifecycle, Transitions
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
 from shield.net import set_no_delay, stream_client_endpoint
 from shield.mux.budget import BufferBudget
@@ -171,8 +172,74 @@ def _classify(failure: Failure) -> OpenStatus:
     return OpenStatus.BACKEND_UNREACHABLE
 
 
+class BackendStreamState(Enum):
+    NEW = auto()  # built; the DMZ's stream is not connected to it yet
+    AWAITING_OPEN = auto()  # holds a pending place; its OPEN header must come before the deadline
+    DIALING = auto()  # holds a pending place; OPEN read, backend dialled, the stream paused
+    RELAYING = auto()  # answered OK: spliced to the backend
+    REFUSED = auto()  # answered with a refusal, or reset: what the DMZ sends is dropped unread
+    GONE = auto()  # the stream is closed
+
+
+class BackendStreamEvent(Enum):
+    ADMITTED = auto()  # a pending place was free
+    OVER_LIMIT = auto()  # none was (or the buffer budget is held)
+    HEADER_LATE = auto()  # no complete OPEN header within the deadline
+    HEADER_BAD = auto()
+    SERVICE_UNKNOWN = auto()  # OPEN named a service this connector does not have
+    SERVICE_KNOWN = auto()
+    BACKEND_CONNECTED = auto()
+    BACKEND_FAILED = auto()
+    LOST = auto()  # the stream's connectionLost
+
+
+_PENDING = frozenset({BackendStreamState.AWAITING_OPEN, BackendStreamState.DIALING})
+
+
 class BackendStream(RelayedProtocol):
-    """One stream the DMZ opened."""
+    """One stream the DMZ opened.
+
+    Its lifecycle (``LIFECYCLE``; any other event is a ``StateError``):
+
+    =============  =================  =============  ==================================================
+    state          event              next           what happens
+    =============  =================  =============  ==================================================
+    NEW            ADMITTED           AWAITING_OPEN  takes a pending place; the header deadline starts
+    NEW            OVER_LIMIT         REFUSED        answered OVERLOADED; nothing read, nothing dialled
+    AWAITING_OPEN  HEADER_LATE        REFUSED        reset, counted as open_header_timeout
+    AWAITING_OPEN  HEADER_BAD         REFUSED        reset, counted as bad_open
+    AWAITING_OPEN  SERVICE_UNKNOWN    REFUSED        answered UNKNOWN_SERVICE; nothing dialled
+    AWAITING_OPEN  SERVICE_KNOWN      DIALING        the stream is paused and the backend dialled
+    AWAITING_OPEN  LOST               GONE
+    DIALING        BACKEND_CONNECTED  RELAYING       answered OK; spliced to the backend
+    DIALING        BACKEND_FAILED     REFUSED        answered with what failed (never where)
+    DIALING        LOST               GONE           the dial is cancelled
+    RELAYING       LOST               GONE           the relay ends the backend connection
+    REFUSED        LOST               GONE
+    GONE           BACKEND_CONNECTED  GONE           the DMZ left during the dial: the backend is dropped
+    GONE           BACKEND_FAILED     GONE           the DMZ left during the dial: nothing to answer
+    =============  =================  =============  ==================================================
+
+    Leaving AWAITING_OPEN stops the header deadline; leaving AWAITING_OPEN or DIALING for any
+    other state gives the pending place back (``_transition``), whichever way it is left.
+    """
+
+    LIFECYCLE: ClassVar[Transitions[BackendStreamState, BackendStreamEvent]] = {
+        (BackendStreamState.NEW, BackendStreamEvent.ADMITTED): BackendStreamState.AWAITING_OPEN,
+        (BackendStreamState.NEW, BackendStreamEvent.OVER_LIMIT): BackendStreamState.REFUSED,
+        (BackendStreamState.AWAITING_OPEN, BackendStreamEvent.HEADER_LATE): BackendStreamState.REFUSED,
+        (BackendStreamState.AWAITING_OPEN, BackendStreamEvent.HEADER_BAD): BackendStreamState.REFUSED,
+        (BackendStreamState.AWAITING_OPEN, BackendStreamEvent.SERVICE_UNKNOWN): BackendStreamState.REFUSED,
+        (BackendStreamState.AWAITING_OPEN, BackendStreamEvent.SERVICE_KNOWN): BackendStreamState.DIALING,
+        (BackendStreamState.AWAITING_OPEN, BackendStreamEvent.LOST): BackendStreamState.GONE,
+        (BackendStreamState.DIALING, BackendStreamEvent.BACKEND_CONNECTED): BackendStreamState.RELAYING,
+        (BackendStreamState.DIALING, BackendStreamEvent.BACKEND_FAILED): BackendStreamState.REFUSED,
+        (BackendStreamState.DIALING, BackendStreamEvent.LOST): BackendStreamState.GONE,
+        (BackendStreamState.RELAYING, BackendStreamEvent.LOST): BackendStreamState.GONE,
+        (BackendStreamState.REFUSED, BackendStreamEvent.LOST): BackendStreamState.GONE,
+        (BackendStreamState.GONE, BackendStreamEvent.BACKEND_CONNECTED): BackendStreamState.GONE,
+        (BackendStreamState.GONE, BackendStreamEvent.BACKEND_FAILED): BackendStreamState.GONE,
+    }
 
     def __init__(self, gateway: "BackendDialer", link_peer: str, limits: OpenLimits) -> None:
         self.gateway = gateway
@@ -182,61 +249,64 @@ class BackendStream(RelayedProtocol):
         self._request: OpenRequest | None = None
         self._dialing: Deferred[BackendConnection] | None = None
         self._service: InternalService | None = None
-        self._gone = False
-        self._pending = False  # holds one of the link's pending-open places
-        self._refused = False  # answered OVERLOADED before its OPEN was read
+        self._life = Lifecycle("BackendStream", self.LIFECYCLE, BackendStreamState.NEW)
         self._header_deadline = Deadline(limits.clock)
+
+    @property
+    def state(self) -> BackendStreamState:
+        return self._life.state
+
+    def _transition(self, event: BackendStreamEvent) -> BackendStreamState:
+        """Take ``event``; a stream that stops pending gives its place back, however it stops."""
+        before = self._life.state
+        after = self._life.fire(event)
+        if before is BackendStreamState.AWAITING_OPEN:
+            self._header_deadline.cancel()
+        if before in _PENDING and after not in _PENDING:
+            self.limits.release()
+        return after
 
     def connectionMade(self) -> None:
         limits = self.limits
         refusal = limits.admit()
         if refusal is not None:
             limit, detail, reason = refusal
-            self._refused = True
+            self._transition(BackendStreamEvent.OVER_LIMIT)
             limits.refused_by_limit(limit, detail)
             self._answer(OpenReply(OpenStatus.OVERLOADED, reason))
             self.transport.loseConnection()  # what the DMZ sends from now on is dropped unread
             return
-        self._pending = True
+        self._transition(BackendStreamEvent.ADMITTED)
         self._header_deadline.start(limits.header_timeout, self._header_timed_out)
 
-    def _release(self) -> None:
-        """This stream no longer counts as pending: its backend is there, or it is refused or gone."""
-        self._header_deadline.cancel()
-        if self._pending:
-            self._pending = False
-            self.limits.release()
-
     def _header_timed_out(self) -> None:
-        if self._request is not None or self._gone:
-            return
+        self._transition(BackendStreamEvent.HEADER_LATE)
         timeout = self.limits.header_timeout
         self.limits.refused_by_limit(
             LIMIT_OPEN_HEADER_TIMEOUT,
             f"reset: no complete OPEN header within {timeout:g} s of the stream opening; nothing dialled",
         )
-        self._release()
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._request is not None:
-            super().dataReceived(data)
+        state = self._life.state
+        if state is BackendStreamState.RELAYING or state is BackendStreamState.DIALING:
+            super().dataReceived(data)  # relayed, or held until the backend is there
             return
-        if self._refused or self._gone:
-            return
+        if state is not BackendStreamState.AWAITING_OPEN:
+            return  # refused or reset: dropped unread
         try:
             request, rest = self._reader.feed(data)
         except WireError as problem:
+            self._transition(BackendStreamEvent.HEADER_BAD)
             self.gateway.metrics.open_failures.labels(service="", reason="bad_open").inc()
             self.limits.refusals.refused("bad OPEN", f"reset: bad open request: {problem}; nothing dialled")
-            self._release()
             self.transport.abortConnection()
             return
         if request is None:
             return
         assert isinstance(request, OpenRequest)
         self._request = request
-        self._header_deadline.cancel()
         if rest:
             super().dataReceived(rest)
         self._start(request)
@@ -244,16 +314,17 @@ class BackendStream(RelayedProtocol):
     def _start(self, request: OpenRequest) -> None:
         service = self.gateway.services.get(request.service)
         if service is None:
+            self._transition(BackendStreamEvent.SERVICE_UNKNOWN)
             # The name comes from the DMZ: it is not used as a metric label (any number of them).
             self.gateway.metrics.open_failures.labels(service="", reason="unknown_service").inc()
             self.limits.refusals.refused(
                 "unknown service",
                 f"refused: no service {request.service!r} here (client {request.client}); nothing dialled",
             )
-            self._release()
             self._answer(OpenReply(OpenStatus.UNKNOWN_SERVICE, f"connector has no service {request.service!r}"))
             self.transport.loseConnection()
             return
+        self._transition(BackendStreamEvent.SERVICE_KNOWN)
         self._service = service
         self.transport.pauseProducing()  # nothing more from the DMZ until the backend is there
         self._dialing = self.gateway.dial(service)
@@ -264,11 +335,10 @@ class BackendStream(RelayedProtocol):
 
     def _connected(self, backend: BackendConnection) -> None:
         self._dialing = None
-        assert self._request is not None and self._service is not None
-        if self._gone:
+        if self._transition(BackendStreamEvent.BACKEND_CONNECTED) is BackendStreamState.GONE:
             backend.transport.abortConnection()
             return
-        self._release()
+        assert self._request is not None and self._service is not None
         name = self._service.name
         self._answer(OpenReply(OpenStatus.OK, ""))
         metrics = self.gateway.metrics
@@ -296,9 +366,8 @@ class BackendStream(RelayedProtocol):
 
     def _dial_failed(self, failure: Failure) -> None:
         self._dialing = None
-        if self._gone:
+        if self._transition(BackendStreamEvent.BACKEND_FAILED) is BackendStreamState.GONE:
             return  # the DMZ dropped the stream while we dialled
-        self._release()
         assert self._request is not None and self._service is not None
         status = _classify(failure)
         name = self._service.name
@@ -313,8 +382,7 @@ class BackendStream(RelayedProtocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._gone = True
-        self._release()
+        self._transition(BackendStreamEvent.LOST)
         if self._dialing is not None:
             dialing, self._dialing = self._dialing, None
             dialing.cancel()

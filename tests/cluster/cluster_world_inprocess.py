@@ -238,4 +238,9 @@ class Pipe(StringTransport):
             return True
         return False
 
+    def drop(self, clean: bool = True) -> None:
+        """The remote end went away (FIN and close, or a reset)."""
+        self.aborted = not clean
+        self.disconnecting = True
+
 

@@ -19,9 +19,18 @@ from twisted.internet.interfaces import IAddress, IProtocol
 from cluster_world_inprocess import local, BALANCER, Cluster, Local, LogLines, Pipe, Recorder, capture_log
 from shield.cluster.messages import ForwardReply
 from shield.cluster.node import ClusterNode
-from shield.config.model import ClientLimits, DmzService
+from shield.config.model import ClientLimits, DmzService, Uri
 from shield.dmz.admission import ClientGate
-from shield.dmz.balancer import BalancedTcpFactory, BalancerFront
+from shield.dmz.balancer import (
+    MAX_HEAD,
+    BalancedClientState,
+    BalancedHttpClient,
+    BalancedHttpFactory,
+    BalancedTcpClient,
+    BalancedTcpFactory,
+    BalancerFront,
+)
+from shield.lifecycle import StateError
 from shield.ops.metrics import Metrics
 
 
@@ -173,3 +182,107 @@ def test_a_member_that_does_not_answer_in_time_is_skipped_after_open_timeout() -
     client.feed(b"late but served")
     c.run()
     assert bytes(served_by(d)[0].received) == b"late but served"
+
+
+def test_a_client_leaving_while_a_member_is_asked_is_not_offered_to_another() -> None:
+    c, a, b, d = cluster(a=9, b=0, d=4)
+    silent = next(pair for pair in c.pairs if {pair.dialled.host, pair.accepted.host} == {a, b})
+    silent.partitioned = True
+    lb = Balancer(c, a, open_timeout=2.0)
+    client = lb.connect()
+    protocol = client.protocol
+    assert isinstance(protocol, BalancedTcpClient) and protocol.state is BalancedClientState.PLACING
+    client.drop(clean=False)
+    c.run()
+    assert protocol.state is BalancedClientState.GONE
+    c.advance(3.0)
+    assert served_by(b) == [] and served_by(d) == [] and lb.here == []
+    assert lb.front.relays == set()
+
+
+def test_a_balanced_client_reports_a_handshake_out_of_turn_loudly() -> None:
+    c, a, b, d = cluster(a=9, b=0, d=4)
+    lb = Balancer(c, a)
+    client = lb.connect()
+    protocol = client.protocol
+    assert isinstance(protocol, BalancedTcpClient) and protocol.state is BalancedClientState.RELAYING
+    with pytest.raises(StateError, match="BalancedTcpClient: event HANDSHAKE_DONE is not allowed in state RELAYING"):
+        protocol.handshakeCompleted()  # a raw TCP client has no TLS handshake
+    assert len(served_by(b)) == 1 and not client.disconnecting
+
+
+WS_BALANCER = Uri("ws", "0.0.0.0", 8080, "/lb")
+
+
+class HttpBalancer:
+    """Member a's balancer ``lb`` on ``ws://0.0.0.0:8080/lb`` (``BalancedHttpFactory``), no fallback site."""
+
+    def __init__(self, cluster: Cluster, node: ClusterNode, head_timeout: float = 3.0) -> None:
+        self.cluster = cluster
+        self.metrics = Metrics()
+        limits = ClientLimits(handshake_timeout=head_timeout)
+        config = DmzService(name="lb", accept=(WS_BALANCER,), type="balancer", mode="proxy", limits=limits)
+        gate = ClientGate(ClientLimits(), self.metrics, cluster.clock)
+        self.front = BalancerFront(config, node, self.metrics, lambda service, kind, peer: None, gate)
+        self.factory = BalancedHttpFactory({"/lb": (self.front, WS_BALANCER)}, None, gate)
+        self.gate = gate
+
+    def connect(self) -> tuple[Pipe, BalancedHttpClient]:
+        address = IPv4Address("TCP", "198.51.100.7", 50000)
+        client = self.cluster.client(address.host, address.port)
+        protocol = self.factory.buildProtocol(address)
+        assert isinstance(protocol, BalancedHttpClient)
+        client.connect(protocol)
+        return client, protocol
+
+
+def responses(data: bytes) -> list[int]:
+    """The status of every HTTP response in ``data``."""
+    return [int(line.split()[1]) for line in data.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+
+
+def test_an_http_client_without_a_head_in_time_gets_408_once() -> None:
+    c = Cluster()
+    lb = HttpBalancer(c, c.node("a", Local("a")), head_timeout=3.0)
+    client, protocol = lb.connect()
+    client.feed(b"GET /lb HTTP/1.1\r\n")
+    c.advance(2.75)
+    assert client.read() == b"" and protocol.state is BalancedClientState.READING_HEAD
+    c.advance(0.25)
+    assert responses(client.read()) == [408]
+    assert client.lost and protocol.state is BalancedClientState.GONE
+    assert lb.gate.total == 0
+
+
+def test_an_oversized_head_is_431_and_what_follows_is_dropped() -> None:
+    c = Cluster()
+    lb = HttpBalancer(c, c.node("a", Local("a")))
+    client, protocol = lb.connect()
+    client.feed(b"GET /lb HTTP/1.1\r\nX: " + b"x" * MAX_HEAD)
+    assert protocol.state is BalancedClientState.CLOSING
+    client.feed(b"\r\n\r\n")  # arrives before the close: read by nobody
+    c.run()
+    assert responses(client.read()) == [431]
+    assert client.lost
+
+
+def test_a_path_of_no_balancer_is_404_without_a_fallback_site() -> None:
+    c = Cluster()
+    lb = HttpBalancer(c, c.node("a", Local("a")))
+    client, protocol = lb.connect()
+    client.feed(b"GET /elsewhere HTTP/1.1\r\nHost: lb.example\r\n\r\n")
+    c.run()
+    assert responses(client.read()) == [404] and client.lost
+
+
+def test_an_http_client_nobody_can_serve_gets_503_with_the_reason(log: LogLines) -> None:
+    c = Cluster()
+    lb = HttpBalancer(c, c.node("a", Local("a", live=False)))
+    client, protocol = lb.connect()
+    client.feed(b"GET /lb HTTP/1.1\r\nHost: lb.example\r\n\r\n")
+    c.run()
+    answer = client.read()
+    assert responses(answer) == [503]
+    assert b"no cluster member can serve 'lb' now" in answer
+    assert client.lost and protocol.state is BalancedClientState.GONE
+    assert len(log.having("ws client 198.51.100.7:50000 -> lb: 503")) == 1

@@ -11,6 +11,8 @@ No sockets, no subprocesses, one fake clock:
 - ``Pipe`` stands for a socket (a public client or a backend): a StringTransport with a bounded
   send buffer that pauses its registered producer when full, half-close, and a loss the world
   delivers on the next turn, as a reactor would.
+- ``Front`` is one public service on such a world: a real ``ServiceFront`` and ``ClientGate`` with
+  the real raw TCP and WebSocket protocols; ``WsClient`` speaks WebSocket on a ``Pipe``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ from shield.config.model import (
     KeepaliveSettings,
     Uri,
 )
+from shield.dmz.admission import ClientGate
 from shield.dmz.backplane import BackplaneFactory, DmzLinkEnd
+from shield.dmz.frontplane_tcp import PublicTcpFactory
+from shield.dmz.frontplane_ws import websocket_factory
+from shield.dmz.service import ServiceFront
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.dmz.tunnel import OpenFailed, TunnelOpener, TunnelStream
 from shield import __version__
@@ -56,6 +62,8 @@ from shield.tls.transport import LinkTLSFactory
 
 DMZ_NAME = "dmz1"
 DMZ_ADDRESS = IPv4Address("TCP", "192.0.2.1", 5941)
+HOST_A = "198.51.100.7"
+HOST_B = "203.0.113.9"
 
 
 # --- certificates: what the TLS layer would hand the DMZ ---------------------------------------
@@ -130,6 +138,7 @@ class Pipe(StringTransport):
         self.write_closed = False
         self.aborted = False
         self.lost = False
+        self.writes_after_end = 0  # bytes written after its EOF or its end: no peer would get them
 
     def connect(self, protocol: IProtocol) -> IProtocol:
         self.protocol = protocol
@@ -138,6 +147,8 @@ class Pipe(StringTransport):
 
     # ITransport
     def write(self, data: bytes) -> None:
+        if self.write_closed or self.lost:
+            self.writes_after_end += len(data)
         if self.disconnecting or self.write_closed:
             return
         super().write(data)
@@ -321,6 +332,19 @@ class Link:
     def registered(self) -> ConnectorLink | None:
         return self.dmz.link
 
+    @property
+    def live(self) -> bool:
+        return not self.pump.serverIO.disconnecting
+
+    def drop(self) -> None:
+        """The connection under the link is reset (both ends see it on the next pump)."""
+        self.pump.serverIO.abortConnection()
+
+    @property
+    def pending_opens(self) -> int:
+        """Streams the connector holds a pending-open place for (``OpenLimits.pending``)."""
+        return self.connector.backend_streams.limits.pending
+
 
 class World:
     """A DMZ's backplane, registry and tunnel opener, and the connectors linked to it."""
@@ -466,3 +490,188 @@ def capture_log() -> Iterator[LogLines]:
     finally:
         globalLogPublisher.removeObserver(cast(Any, lines))
 
+
+# --- a public service ----------------------------------------------------------------------------
+
+
+class Front:
+    """One ``[[dmz.service]]`` named echo on a world with one connector (``mode`` of its dials)."""
+
+    def __init__(
+        self, limits: ClientLimits = ClientLimits(), gateway: ClientLimits = ClientLimits(), mode: str = "connect",
+        linked: bool = True, connectors: tuple[str, ...] = ("internal1",), open_timeout: float = 10.0,
+    ) -> None:  # fmt: skip
+        self.world = World(dmz_config({name: ("echo",) for name in connectors}, limits=limits, open_timeout=open_timeout))
+        self.metrics = Metrics()
+        self.gate = ClientGate(gateway, self.metrics, self.world.clock)
+        self.front = ServiceFront(self.world.config.services[0], self.world.opener, self.metrics, self.gate, self.world.clock)
+        self.connector: Connector = self.world.connector("internal1", mode=mode)
+        if linked:
+            self.world.link(self.connector)
+        self.factory = PublicTcpFactory(self.front, "tcp")
+        self.ws_factory = websocket_factory(self.front, "ws://0.0.0.0:9000/echo")
+        self._ports = iter(range(50000, 60000))
+
+    def connect(self, host: str = HOST_A, kind: str = "tcp", limit: int | None = None) -> Pipe:
+        """A client connects to the service's port: what the listening port would do."""
+        address = IPv4Address("TCP", host, next(self._ports))
+        self.factory.kind = kind
+        pipe = self.world.client(host, address.port, limit)
+        pipe.connect(self.factory.buildProtocol(address))
+        self.world.run()
+        return pipe
+
+    def connect_ws(self, host: str = HOST_A, limit: int | None = None, run: bool = True) -> WsClient:
+        """A WebSocket client connects to the service's port (it has sent nothing yet); ``run``:
+        let the world move on before returning."""
+        address = IPv4Address("TCP", host, next(self._ports))
+        pipe = self.world.client(host, address.port, limit)
+        pipe.connect(self.ws_factory.buildProtocol(address))
+        if run:
+            self.world.run()
+        return WsClient(pipe)
+
+    @property
+    def backends(self) -> list[Pipe]:
+        return self.connector.dialer.backends
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def refusals(self, limit: str, service: str = "echo") -> float:
+        return self.sample("shield_refusals_total", service=service, limit=limit)
+
+
+# --- a WebSocket client in memory ----------------------------------------------------------------
+
+OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def client_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """One final WebSocket frame as a client sends it (masked)."""
+    n = len(payload)
+    if n < 126:
+        length = bytes([0x80 | n])
+    elif n < 1 << 16:
+        length = bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        length = bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    mask = b"\x5a\x17\xc3\x08"
+    return bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def upgrade_request(path: str = "/echo", headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1", "Host: echo.test", "Upgrade: websocket", "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in headers),
+    ]  # fmt: skip
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class WsClient:
+    """A WebSocket client on an in-memory socket, reading exactly what the server sent.
+
+    It parses the server's bytes itself (one HTTP response, then unmasked frames), so a test sees
+    everything: a second response, bytes after an error response, frames after a close frame.
+    What it sends waits while the server does not read its socket (a paused ``Pipe``).
+    """
+
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
+        self.status: int | None = None  # of the server's HTTP response
+        self.body = b""  # of an error response
+        self.messages: list[bytes] = []  # payloads of data frames, in order
+        self.close_code: int | None = None  # of the server's close frame
+        self.after_end = b""  # bytes that came after the response of a refusal or a close frame
+        self.http_responses = 0
+        self._buffer = b""
+        self._outbox: list[bytes] = []
+        self._eof_queued = False
+
+    @property
+    def upgraded(self) -> bool:
+        return self.status == 101
+
+    @property
+    def ended(self) -> bool:
+        """The server said its last word: an error response, or a close frame."""
+        return (self.status is not None and self.status != 101) or self.close_code is not None
+
+    def send(self, data: bytes) -> None:
+        self._outbox.append(data)
+        self.flush()
+
+    def send_message(self, payload: bytes) -> None:
+        self.send(client_frame(OP_BINARY, payload))
+
+    def send_close(self, code: int = 1000) -> None:
+        self.send(client_frame(OP_CLOSE, code.to_bytes(2, "big")))
+
+    def send_eof(self) -> None:
+        self._eof_queued = True
+        self.flush()
+
+    @property
+    def can_send(self) -> bool:
+        """The socket is open and its server still reads it (a socket being closed is not read)."""
+        return not self.pipe.disconnecting and not self.pipe.lost
+
+    def flush(self) -> None:
+        while self._outbox and self.can_send and self.pipe.producerState == "producing":
+            self.pipe.feed(self._outbox.pop(0))
+        if self._eof_queued and not self._outbox and self.can_send and self.pipe.producerState == "producing":
+            self._eof_queued = False
+            self.pipe.feed_eof()
+
+    def read(self) -> None:
+        """Take what the server sent since the last read."""
+        data = self.pipe.read()
+        if self.ended:
+            self.after_end += data
+            return
+        self._buffer += data
+        if self.status is None:
+            head_end = self._buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head, self._buffer = self._buffer[:head_end], self._buffer[head_end + 4 :]
+            self.http_responses += 1
+            self.status = int(head.split(b" ", 2)[1])
+            if self.status != 101:
+                length = next(
+                    (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+                    0,
+                )  # fmt: skip
+                self.body, self.after_end = self._buffer[:length], self._buffer[length:]
+                self._buffer = b""
+                return
+        while not self.ended:
+            frame = _server_frame(self._buffer)
+            if frame is None:
+                return
+            opcode, payload, self._buffer = frame
+            if opcode == OP_CLOSE:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.after_end, self._buffer = self._buffer, b""
+            elif opcode in (OP_TEXT, OP_BINARY):
+                self.messages.append(payload)
+
+
+def _server_frame(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """The first (unmasked, final) frame in ``data`` and what follows, or None if incomplete."""
+    if len(data) < 2:
+        return None
+    opcode, n, at = data[0] & 0x0F, data[1] & 0x7F, 2
+    assert data[0] & 0x80 and not data[1] & 0x80, "the server sends final, unmasked frames"
+    if n == 126:
+        if len(data) < 4:
+            return None
+        n, at = int.from_bytes(data[2:4], "big"), 4
+    elif n == 127:
+        if len(data) < 10:
+            return None
+        n, at = int.from_bytes(data[2:10], "big"), 10
+    if len(data) < at + n:
+        return None
+    return opcode, data[at : at + n], data[at + n :]

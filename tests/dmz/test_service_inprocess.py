@@ -15,54 +15,15 @@ from typing import Iterator
 import pytest
 from twisted.internet.address import IPv4Address
 
-from dmz_world_inprocess import Connector, LogLines, Pipe, World, capture_log, dmz_config
+from dmz_world_inprocess import HOST_A, HOST_B, Front, LogLines, Pipe, capture_log
 from shield.config.model import ClientLimits
-from shield.dmz.admission import ClientGate, Refused
-from shield.dmz.frontplane_tcp import PublicTcpFactory, PublicTcpProtocol
-from shield.dmz.service import ServiceFront
-from shield.ops.metrics import Metrics
-
-HOST_A = "198.51.100.7"
-HOST_B = "203.0.113.9"
-
+from shield.dmz.admission import Refused
+from shield.dmz.frontplane_tcp import PublicTcpProtocol, TcpClientState
+from shield.lifecycle import StateError
 
 @pytest.fixture
 def log() -> Iterator[LogLines]:
     yield from capture_log()
-
-
-class Front:
-    """One ``[[dmz.service]]`` named echo on a world with one connector (``mode`` of its dials)."""
-
-    def __init__(self, limits: ClientLimits = ClientLimits(), gateway: ClientLimits = ClientLimits(), mode: str = "connect", linked: bool = True) -> None:
-        self.world = World(dmz_config({"internal1": ("echo",)}, limits=limits))
-        self.metrics = Metrics()
-        self.gate = ClientGate(gateway, self.metrics, self.world.clock)
-        self.front = ServiceFront(self.world.config.services[0], self.world.opener, self.metrics, self.gate, self.world.clock)
-        self.connector: Connector = self.world.connector("internal1", mode=mode)
-        if linked:
-            self.world.link(self.connector)
-        self.factory = PublicTcpFactory(self.front, "tcp")
-        self._ports = iter(range(50000, 60000))
-
-    def connect(self, host: str = HOST_A, kind: str = "tcp", limit: int | None = None) -> Pipe:
-        """A client connects to the service's port: what the listening port would do."""
-        address = IPv4Address("TCP", host, next(self._ports))
-        self.factory.kind = kind
-        pipe = self.world.client(host, address.port, limit)
-        pipe.connect(self.factory.buildProtocol(address))
-        self.world.run()
-        return pipe
-
-    @property
-    def backends(self) -> list[Pipe]:
-        return self.connector.dialer.backends
-
-    def sample(self, name: str, **labels: str) -> float:
-        return self.metrics.registry.get_sample_value(name, labels) or 0.0
-
-    def refusals(self, limit: str, service: str = "echo") -> float:
-        return self.sample("shield_refusals_total", service=service, limit=limit)
 
 
 def test_a_client_is_not_read_until_the_connector_answers_then_bytes_flow_both_ways() -> None:
@@ -196,6 +157,12 @@ def test_a_tls_handshake_in_time_opens_the_tunnel_and_stops_the_timer() -> None:
     f.world.advance(5.0)
     assert not client.disconnecting
     assert f.refusals("handshake_timeout") == 0
+    # A second handshake report is a bug, refused loudly: it used to open a second tunnel.
+    assert protocol.state is TcpClientState.RELAYING
+    with pytest.raises(StateError, match="PublicTcpProtocol: event HANDSHAKE_DONE is not allowed in state RELAYING"):
+        protocol.handshakeCompleted()
+    f.world.run()
+    assert f.connector.dialer.dials == ["echo"]
 
 
 def test_an_idle_tunnel_is_closed_after_the_idle_timeout(log: LogLines) -> None:
@@ -284,4 +251,19 @@ def test_a_client_leaving_while_its_tunnel_opens_cancels_the_dial() -> None:
     f.world.run()
     assert dial.called, "the connector gave up the dial"
     assert f.world.registry.links[0].tunnels == 0
+    assert f.gate.per_service["echo"] == 0
+
+
+def test_a_client_leaving_while_its_tunnel_opens_is_not_offered_to_another_connector() -> None:
+    """Its cancelled tunnel is no refusal by the link: nothing is opened on the next one."""
+    f = Front(mode="hold", connectors=("internal1", "internal2"))
+    other = f.world.connector("internal2", mode="hold")
+    f.world.link(other)
+    client = f.connect()
+    tried = f.connector.dialer.dials + other.dialer.dials
+    assert tried == ["echo"]
+    client.drop(clean=False)
+    f.world.run()
+    assert f.connector.dialer.dials + other.dialer.dials == ["echo"], "no second backend was dialled"
+    assert all(link.tunnels == 0 for link in f.world.registry.links)
     assert f.gate.per_service["echo"] == 0

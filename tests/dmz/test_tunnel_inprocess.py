@@ -13,7 +13,8 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from dmz_world_inprocess import LogLines, World, capture_log, dmz_config
-from shield.dmz.tunnel import OpenFailed, TunnelStream
+from shield.dmz.tunnel import OpenFailed, TunnelState, TunnelStream
+from shield.lifecycle import StateError
 from shield.relay import ByteTally, RelayedProtocol
 
 
@@ -235,3 +236,21 @@ def test_a_tunnel_carries_bytes_both_ways_intact_and_in_order() -> None:
     assert client.lost and not client.aborted
     assert finished == ["both sides finished"]
     assert tunnel.link.tunnels == 0
+
+
+def test_a_tunnel_is_joined_once_and_cancelled_only_before_its_answer() -> None:
+    """Events out of turn raise (they used to be acted on): a second join, a cancel after OK."""
+    w = world()
+    connector = w.connector("internal1")
+    w.link(connector)
+    tunnel = opened(w.open())
+    assert tunnel.state is TunnelState.ANSWERED
+    with pytest.raises(StateError, match="TunnelStream: event CANCEL is not allowed in state ANSWERED"):
+        tunnel.cancel()
+    assert tunnel.state is TunnelState.ANSWERED and not tunnel.transport.disconnecting
+
+    public = w.client().connect(RelayedProtocol())
+    public.join(lambda side: tunnel.start_relay(side, ByteTally(), ByteTally(), lambda reason: None))  # type: ignore[attr-defined]
+    assert tunnel.state is TunnelState.RELAYING
+    with pytest.raises(StateError, match="event JOIN is not allowed in state RELAYING"):
+        tunnel.start_relay(public.side, ByteTally(), ByteTally(), lambda reason: None)  # type: ignore[arg-type]

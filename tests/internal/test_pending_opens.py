@@ -26,10 +26,14 @@ from shield.internal.backend import (
     OPEN_HEADER_TIMEOUT,
     BackendConnection,
     BackendDialer,
+    BackendStream,
     BackendStreamFactory,
+    BackendStreamState,
+    OpenLimits,
     RefusalLog,
 )
 from shield.internal.link import ConnectorLinkEnd
+from shield.lifecycle import StateError
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, encode
 from shield.mux.config import MuxConfig
 from shield.mux.protocol import MuxProtocol
@@ -351,3 +355,20 @@ def test_the_link_ends_its_refusal_timers_when_it_goes() -> None:
     assert pair.lost_reasons
     pending = [call for call in pair.clock.getDelayedCalls() if call.active()]
     assert all("_interval_over" not in repr(call) for call in pending), pending
+
+
+def test_an_event_out_of_turn_is_refused_loudly_and_changes_nothing() -> None:
+    """A stream told twice that it is gone is a bug: it raises instead of giving its place back twice."""
+    clock = MemoryReactorClock()
+    dialer = HeldDialer(clock)
+    limits = OpenLimits(3, dialer.metrics, RefusalLog(clock, lambda: "dmz"), clock)
+    stream = BackendStream(dialer, "dmz", limits)
+    stream.makeConnection(StringTransport())
+    stream.dataReceived(open_header())
+    assert stream.state is BackendStreamState.DIALING and limits.pending == 1
+    stream.connectionLost(Failure(error.ConnectionLost()))
+    assert stream.state is BackendStreamState.GONE and limits.pending == 0
+    assert dialer.dials[0].called, "the dial was cancelled"
+    with pytest.raises(StateError, match="BackendStream: event LOST is not allowed in state GONE"):
+        stream.connectionLost(Failure(error.ConnectionLost()))
+    assert limits.pending == 0
