@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from shield.cluster.link import ForwardEvent, ForwardState, ForwardStream
 from shield.dmz.balancer import BalancedClientEvent, BalancedClientState, _BalancedClient
 from shield.dmz.frontplane_tcp import PublicTcpProtocol, TcpClientEvent, TcpClientState
 from shield.dmz.frontplane_ws import PublicWebSocketProtocol, WsClientEvent, WsClientState
@@ -28,6 +29,7 @@ LIFECYCLES: list[tuple[type, type[Enum], type[Enum]]] = [
     (Relay, RelayState, RelayEvent),
     (BackendStream, BackendStreamState, BackendStreamEvent),
     (TunnelStream, TunnelState, TunnelEvent),
+    (ForwardStream, ForwardState, ForwardEvent),
     (PublicTcpProtocol, TcpClientState, TcpClientEvent),
     (PublicWebSocketProtocol, WsClientState, WsClientEvent),
     (_BalancedClient, BalancedClientState, BalancedClientEvent),

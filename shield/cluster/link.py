@@ -7,7 +7,8 @@ and this cluster's name, or the link is closed with one log line.
 
 from __future__ import annotations
 
-from typing import Any
+from enum import Enum, auto
+from typing import Any, ClassVar
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -29,6 +30,7 @@ from shield.cluster.messages import (
     heartbeats_header,
 )
 from shield.handover import Handover
+from shield.lifecycle import Lifecycle, Transitions
 from shield.link.roles import link_mux, tune_link_socket, why_link_ended
 from shield.mux.budget import BufferBudget
 from shield.mux.config import MuxConfig
@@ -218,71 +220,162 @@ def _address(host: str, port: int) -> IAddress:
     return IPv4Address("TCP", host, port)
 
 
+class ForwardState(Enum):
+    NEW = auto()  # the stream is being opened on the member link
+    AWAITING_ANSWER = auto()  # the forward header is sent; the member must answer before the deadline
+    ANSWERED = auto()  # the member took the client: bytes go to the relay (held until it joins)
+    FAILED = auto()  # ``answered`` failed (refused, bad or late answer, closed): closing
+    CANCELLED = auto()  # the balancer's client left before the answer: reset
+    GONE = auto()  # the stream is closed
+
+
+class ForwardEvent(Enum):
+    HEADER_SENT = auto()
+    ANSWER_OK = auto()
+    ANSWER_REFUSED = auto()  # a reply that is not ok
+    ANSWER_BAD = auto()  # bytes that are no reply
+    ANSWER_LATE = auto()  # the open-timeout ran out
+    INPUT_ENDED = auto()  # the member half-closed the stream
+    CANCEL = auto()  # ``answered`` was cancelled: the client left
+    LOST = auto()  # the stream's connectionLost
+
+
 class ForwardStream(RelayedProtocol):
-    """The balancer's end of one forwarded client: header, the member's answer, then bytes."""
+    """The balancer's end of one forwarded client: header, the member's answer, then bytes.
+
+    Its lifecycle (``LIFECYCLE``; any other event is a ``StateError``):
+
+    ===============  ==============  ===============  =================================================
+    state            event           next             what happens
+    ===============  ==============  ===============  =================================================
+    NEW              HEADER_SENT     AWAITING_ANSWER  the forward header written; the deadline starts
+    AWAITING_ANSWER  ANSWER_OK       ANSWERED         ``answered`` fires with this stream
+    AWAITING_ANSWER  ANSWER_REFUSED  FAILED           fails with the member's status; closed
+    AWAITING_ANSWER  ANSWER_BAD      FAILED           fails with 502; reset
+    AWAITING_ANSWER  ANSWER_LATE     FAILED           fails with 504; reset
+    AWAITING_ANSWER  INPUT_ENDED     FAILED           fails with 502; closed
+    AWAITING_ANSWER  CANCEL          CANCELLED        reset: the member stops serving a client
+                                                      that is gone
+    AWAITING_ANSWER  LOST            GONE             fails with 502: the link died, another member may
+    ANSWERED         INPUT_ENDED     ANSWERED         passed to the relay (half-close), or held for it
+    ANSWERED         LOST            GONE             the relay ends the client
+    FAILED           INPUT_ENDED     FAILED           nothing more to hear
+    FAILED           LOST            GONE
+    CANCELLED        INPUT_ENDED     CANCELLED        nothing more to hear
+    CANCELLED        LOST            GONE
+    ===============  ==============  ===============  =================================================
+
+    Leaving AWAITING_ANSWER stops the answer deadline, whichever way it is left. Bytes from the
+    member are read as its answer in AWAITING_ANSWER, relayed (or held) in ANSWERED and dropped
+    in every other state.
+    """
+
+    LIFECYCLE: ClassVar[Transitions[ForwardState, ForwardEvent]] = {
+        (ForwardState.NEW, ForwardEvent.HEADER_SENT): ForwardState.AWAITING_ANSWER,
+        (ForwardState.AWAITING_ANSWER, ForwardEvent.ANSWER_OK): ForwardState.ANSWERED,
+        (ForwardState.AWAITING_ANSWER, ForwardEvent.ANSWER_REFUSED): ForwardState.FAILED,
+        (ForwardState.AWAITING_ANSWER, ForwardEvent.ANSWER_BAD): ForwardState.FAILED,
+        (ForwardState.AWAITING_ANSWER, ForwardEvent.ANSWER_LATE): ForwardState.FAILED,
+        (ForwardState.AWAITING_ANSWER, ForwardEvent.INPUT_ENDED): ForwardState.FAILED,
+        (ForwardState.AWAITING_ANSWER, ForwardEvent.CANCEL): ForwardState.CANCELLED,
+        (ForwardState.AWAITING_ANSWER, ForwardEvent.LOST): ForwardState.GONE,
+        (ForwardState.ANSWERED, ForwardEvent.INPUT_ENDED): ForwardState.ANSWERED,
+        (ForwardState.ANSWERED, ForwardEvent.LOST): ForwardState.GONE,
+        (ForwardState.FAILED, ForwardEvent.INPUT_ENDED): ForwardState.FAILED,
+        (ForwardState.FAILED, ForwardEvent.LOST): ForwardState.GONE,
+        (ForwardState.CANCELLED, ForwardEvent.INPUT_ENDED): ForwardState.CANCELLED,
+        (ForwardState.CANCELLED, ForwardEvent.LOST): ForwardState.GONE,
+    }
 
     def __init__(self, request: ForwardRequest, member: str, timeout: float, clock: IReactorTime) -> None:
         self.request = request
         self.member = member
-        self.answered: Deferred[ForwardStream] = Deferred()
+        # Cancelling it (the balancer's client left) resets the stream, so the member stops too.
+        self.answered: Deferred[ForwardStream] = Deferred(lambda _: self._cancelled())
         self._timeout = timeout
         self._clock = clock
         self._answer_deadline = Deadline(clock)
         self._decoder = MessageDecoder()
+        self._life = Lifecycle("ForwardStream", self.LIFECYCLE, ForwardState.NEW)
+
+    @property
+    def state(self) -> ForwardState:
+        return self._life.state
+
+    def _transition(self, event: ForwardEvent) -> None:
+        """Take ``event``; an answer no longer awaited has no deadline, however it stops being awaited."""
+        before = self._life.state
+        self._life.fire(event)
+        if before is ForwardState.AWAITING_ANSWER:
+            self._answer_deadline.cancel()
+
+    def _fail(self, event: ForwardEvent, problem: "ForwardFailed") -> None:
+        self._transition(event)
+        self.answered.errback(problem)
 
     def connectionMade(self) -> None:
+        self._transition(ForwardEvent.HEADER_SENT)
         self.transport.write(encode(self.request.to_json()))
         self._answer_deadline.start(self._timeout, self._timed_out)
 
     def _timed_out(self) -> None:
-        self._fail(ForwardFailed(504, f"member {self.member!r} did not answer within {self._timeout:g} s", retry=True))
+        late = ForwardFailed(504, f"member {self.member!r} did not answer within {self._timeout:g} s", retry=True)
+        self._fail(ForwardEvent.ANSWER_LATE, late)
         self.transport.abortConnection()
 
-    def _fail(self, problem: "ForwardFailed") -> None:
-        self._answer_deadline.cancel()
-        if not self.answered.called:
-            self.answered.errback(problem)
-
-    def cancel(self) -> None:
-        self._fail(ForwardFailed(499, "client left", retry=False))
-        self.transport.abortConnection()
+    def _cancelled(self) -> None:
+        if self._life.state is ForwardState.AWAITING_ANSWER:
+            self._transition(ForwardEvent.CANCEL)
+            self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.answered.called:
+        state = self._life.state
+        if state is ForwardState.ANSWERED:
             super().dataReceived(data)
             return
+        if state is not ForwardState.AWAITING_ANSWER:
+            return  # failed or cancelled: nobody will read it
         try:
             messages = self._decoder.feed(data, limit=1)
             if not messages:
                 return
             reply = ForwardReply.from_json(messages[0])
         except ClusterWireError as problem:
-            self._fail(ForwardFailed(502, f"member {self.member!r} sent a bad reply: {problem}", retry=True))
+            bad = ForwardFailed(502, f"member {self.member!r} sent a bad reply: {problem}", retry=True)
+            self._fail(ForwardEvent.ANSWER_BAD, bad)
             self.transport.abortConnection()
             return
         rest = self._decoder.take_rest()
         if not reply.ok:
-            self._fail(ForwardFailed(reply.status, f"member {self.member!r}: {reply.reason}", retry=True))
+            refused = ForwardFailed(reply.status, f"member {self.member!r}: {reply.reason}", retry=True)
+            self._fail(ForwardEvent.ANSWER_REFUSED, refused)
             self.transport.loseConnection()
             return
-        self._answer_deadline.cancel()
+        self._transition(ForwardEvent.ANSWER_OK)
         if rest:
             super().dataReceived(rest)
         self.answered.callback(self)
 
     def readConnectionLost(self) -> None:
-        if self.answered.called:
-            super().readConnectionLost()
-        else:
-            self._fail(ForwardFailed(502, f"member {self.member!r} closed the stream without answering", retry=True))
+        state = self._life.state
+        if state is ForwardState.AWAITING_ANSWER:
+            closed = ForwardFailed(502, f"member {self.member!r} closed the stream without answering", retry=True)
+            self._fail(ForwardEvent.INPUT_ENDED, closed)
             self.transport.loseConnection()
+            return
+        self._transition(ForwardEvent.INPUT_ENDED)
+        if state is ForwardState.ANSWERED:
+            super().readConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._answer_deadline.cancel()
-        if self.relay is not None:
+        state = self._life.state
+        if state is ForwardState.AWAITING_ANSWER:
+            lost = ForwardFailed(502, f"link to member {self.member!r} lost: {reason.getErrorMessage()}", retry=True)
+            self._fail(ForwardEvent.LOST, lost)
+            return
+        self._transition(ForwardEvent.LOST)
+        if state is ForwardState.ANSWERED and self.relay is not None:
             super().connectionLost(reason)
-        elif not self.answered.called:
-            self._fail(ForwardFailed(502, f"link to member {self.member!r} lost: {reason.getErrorMessage()}", retry=True))
 
     def describe_loss(self, reason: Failure) -> str:
         message = reason.getErrorMessage()

@@ -192,3 +192,27 @@ def test_a_member_that_cannot_take_a_client_keeps_its_link_for_the_others(log: L
     assert failure.value.status == 502
     assert "internal error on the member" in failure.value.reason
     assert pair.accepted.mux.is_open and a.alive_members() == ["b"]
+
+
+def test_a_forward_whose_client_left_before_the_answer_is_reset_and_fails_only_once() -> None:
+    from twisted.internet.defer import CancelledError
+
+    c = Cluster()
+    a, b = c.node("a"), c.node("b")
+    pair = c.link(a, b)
+    pair.partitioned = True  # b has not answered yet
+    link = pair.end_of(a)
+    streams_before = len(link.mux.streams)
+    outcome: list[Failure] = []
+    pending = a.forward("b", REQUEST, 2.0)
+    pending.addErrback(outcome.append)
+    c.run()
+    assert len(link.mux.streams) == streams_before + 1
+
+    pending.cancel()  # the balancer's client left
+    c.run()
+    (failure,) = outcome
+    assert failure.check(CancelledError)
+    assert len(link.mux.streams) == streams_before, "the forward stream is reset, not left to the member"
+    c.advance(5.0)
+    assert len(outcome) == 1  # no 504 later for a client that is gone
