@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import error
+from twisted.internet.error import CannotListenError
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IProtocol
@@ -463,6 +464,24 @@ class World:
             return result.value
         assert isinstance(result, TunnelStream)
         return result
+
+
+class RecordingReactor(MemoryReactorClock):
+    """A memory reactor that records each port that listens or stops (``events``), and refuses
+    to listen on the ports in ``refuse`` as a port already in use would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.refuse: set[int] = set()
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        if port in self.refuse:
+            raise CannotListenError(interface, port, OSError("Address already in use"))
+        listening = super().listenTCP(port, factory, backlog, interface)
+        self.events.append(f"listen {port}")
+        listening.stopListening = lambda: self.events.append(f"stop {port}")
+        return listening
 
 
 class LogLines:

@@ -14,10 +14,8 @@ from typing import Any, Iterator, cast
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactorClock
 
-from dmz_world_inprocess import Connector, LogLines, Pipe, World, capture_log
+from dmz_world_inprocess import Connector, LogLines, Pipe, RecordingReactor, World, capture_log
 from shield.config.loader import load_dmz_config
 from shield.dmz.cluster_member import ClusterMember
 from shield.dmz.gateway import DmzGateway
@@ -26,23 +24,6 @@ from shield.ops.port import PortService
 from shield.tls.devcerts import generate_dev_certs
 
 BACKPLANE, ADMIN, CLUSTER_PORT = 5941, 9100, 7000
-
-
-class RecordingReactor(MemoryReactorClock):
-    """A memory reactor that records each port that listens or stops (``events``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[str] = []
-        self.refuse: set[int] = set()
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        if port in self.refuse:
-            raise CannotListenError(interface, port, OSError("Address already in use"))
-        listening = super().listenTCP(port, factory, backlog, interface)
-        self.events.append(f"listen {port}")
-        listening.stopListening = lambda: self.events.append(f"stop {port}")
-        return listening
 
 
 @pytest.fixture(scope="module")

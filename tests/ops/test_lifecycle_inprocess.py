@@ -4,6 +4,8 @@ grace period, the stop in reverse and the SIGTERM skeleton (shield/ops/)."""
 from __future__ import annotations
 
 import signal
+import sys
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -14,6 +16,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dmz"))
+from dmz_world_inprocess import RecordingReactor  # (the in-process DMZ world's test reactor)
 from shield.config.model import Uri
 from shield.ops.drain import within_grace
 from shield.ops.lifecycle import stop_gateway, stop_in_reverse
@@ -51,23 +55,6 @@ def test_once_that_fails_fails_each_waiter() -> None:
 
 
 # -- PortService ---------------------------------------------------------------------------------
-
-
-class RecordingReactor(MemoryReactorClock):
-    """A memory reactor whose ports say when they stop listening (in ``events``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[str] = []
-        self.refuse: set[int] = set()
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        if port in self.refuse:
-            raise CannotListenError(interface, port, OSError("Address already in use"))
-        listening = super().listenTCP(port, factory, backlog, interface)
-        self.events.append(f"listen {port}")
-        listening.stopListening = lambda: self.events.append(f"stop {port}")
-        return listening
 
 
 def port_service(reactor: RecordingReactor, port: int, said: list[str], after: Any = None) -> PortService:
