@@ -14,7 +14,7 @@ attribute compare); only the few events of a connection's life look the table up
 from __future__ import annotations
 
 from enum import Enum
-from typing import Generic, Mapping, TypeVar
+from typing import Callable, Generic, Mapping, TypeVar
 
 StateT = TypeVar("StateT", bound=Enum)
 EventT = TypeVar("EventT", bound=Enum)
@@ -34,22 +34,38 @@ class StateError(RuntimeError):
 
 
 class Lifecycle(Generic[StateT, EventT]):
-    """The current state of one connection, moved only by its class's transition table."""
+    """The current state of one connection, moved only by its class's transition table.
 
-    __slots__ = ("state", "_table", "_owner")
+    ``on_leave`` says what leaving a state undoes (a deadline that only that state has), so it
+    is undone whichever event leaves it, in one place.
+    """
 
-    def __init__(self, owner: str, table: Transitions[StateT, EventT], initial: StateT) -> None:
+    __slots__ = ("state", "_table", "_owner", "_on_leave")
+
+    def __init__(
+        self,
+        owner: str,
+        table: Transitions[StateT, EventT],
+        initial: StateT,
+        on_leave: Mapping[StateT, Callable[[], object]] | None = None,
+    ) -> None:
         self.state = initial
         self._table = table
         self._owner = owner  # names the class in a StateError
+        self._on_leave = on_leave
 
     def fire(self, event: EventT) -> StateT:
         """Take the transition ``(state, event)`` and return the new state, or raise ``StateError``."""
+        before = self.state
         try:
-            state = self._table[self.state, event]
+            state = self._table[before, event]
         except KeyError:
-            raise StateError(self._owner, self.state, event) from None
+            raise StateError(self._owner, before, event) from None
         self.state = state
+        if self._on_leave is not None and state is not before:
+            leave = self._on_leave.get(before)
+            if leave is not None:
+                leave()
         return state
 
     def __repr__(self) -> str:

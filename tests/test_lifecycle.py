@@ -88,6 +88,19 @@ def test_fire_follows_the_table_and_returns_the_new_state() -> None:
     assert repr(life) == "<Lifecycle of Door: LOCKED>"
 
 
+def test_leaving_a_state_undoes_what_it_alone_had_whichever_event_leaves_it() -> None:
+    undone: list[str] = []
+    life = Lifecycle("Door", {**DOOR, (Door.OPEN, Push.OPEN): Door.OPEN}, Door.CLOSED, {Door.OPEN: lambda: undone.append("wedge")})
+    life.fire(Push.OPEN)
+    life.fire(Push.OPEN)  # staying is not leaving
+    assert undone == []
+    life.fire(Push.CLOSE)
+    assert undone == ["wedge"] and life.state is Door.CLOSED
+    with pytest.raises(StateError):
+        life.fire(Push.CLOSE)
+    assert undone == ["wedge"]  # a refused event leaves nothing
+
+
 def test_an_event_the_table_does_not_list_raises_and_leaves_the_state_alone() -> None:
     life = Lifecycle("Door", DOOR, Door.LOCKED)
     with pytest.raises(StateError, match="^Door: event OPEN is not allowed in state LOCKED$") as raised:

@@ -296,18 +296,17 @@ class ForwardStream(RelayedProtocol):
         self._clock = clock
         self._answer_deadline = Deadline(clock)
         self._decoder = MessageDecoder()
-        self._life = Lifecycle("ForwardStream", self.LIFECYCLE, ForwardState.NEW)
+        # An answer no longer awaited has no deadline, however it stops being awaited.
+        self._life = Lifecycle(
+            "ForwardStream", self.LIFECYCLE, ForwardState.NEW, {ForwardState.AWAITING_ANSWER: self._answer_deadline.cancel}
+        )
 
     @property
     def state(self) -> ForwardState:
         return self._life.state
 
     def _transition(self, event: ForwardEvent) -> None:
-        """Take ``event``; an answer no longer awaited has no deadline, however it stops being awaited."""
-        before = self._life.state
         self._life.fire(event)
-        if before is ForwardState.AWAITING_ANSWER:
-            self._answer_deadline.cancel()
 
     def _fail(self, event: ForwardEvent, problem: "ForwardFailed") -> None:
         self._transition(event)

@@ -108,19 +108,18 @@ class PublicTcpProtocol(RelayedProtocol):
         self._handshake_deadline = Deadline(front.clock)
         self.client = "?"
         self._opening: Deferred[TunnelStream] | None = None
-        self._life = Lifecycle("PublicTcpProtocol", self.LIFECYCLE, TcpClientState.NEW)
+        # A handshake no longer awaited has no deadline, however it stops being awaited.
+        self._life = Lifecycle(
+            "PublicTcpProtocol", self.LIFECYCLE, TcpClientState.NEW,
+            {TcpClientState.HANDSHAKING: self._handshake_deadline.cancel},
+        )  # fmt: skip
 
     @property
     def state(self) -> TcpClientState:
         return self._life.state
 
     def _transition(self, event: TcpClientEvent) -> TcpClientState:
-        """Take ``event``; a handshake no longer awaited has no deadline, however it stops being awaited."""
-        before = self._life.state
-        after = self._life.fire(event)
-        if before is TcpClientState.HANDSHAKING:
-            self._handshake_deadline.cancel()
-        return after
+        return self._life.fire(event)
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)

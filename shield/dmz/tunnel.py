@@ -130,19 +130,17 @@ class TunnelStream(RelayedProtocol):
         self._clock = clock
         self._answer_deadline = Deadline(clock)
         self._reader = MessageReader((OpenReply,))
-        self._life = Lifecycle("TunnelStream", self.LIFECYCLE, TunnelState.NEW)
+        # An answer no longer awaited has no deadline, however it stops being awaited.
+        self._life = Lifecycle(
+            "TunnelStream", self.LIFECYCLE, TunnelState.NEW, {TunnelState.AWAITING_ANSWER: self._answer_deadline.cancel}
+        )
 
     @property
     def state(self) -> TunnelState:
         return self._life.state
 
     def _transition(self, event: TunnelEvent) -> TunnelState:
-        """Take ``event``; an answer no longer awaited has no deadline, however it stops being awaited."""
-        before = self._life.state
-        after = self._life.fire(event)
-        if before is TunnelState.AWAITING_ANSWER:
-            self._answer_deadline.cancel()
-        return after
+        return self._life.fire(event)
 
     # -- before the answer ---------------------------------------------------------------------
 

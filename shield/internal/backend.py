@@ -249,8 +249,12 @@ class BackendStream(RelayedProtocol):
         self._request: OpenRequest | None = None
         self._dialing: Deferred[BackendConnection] | None = None
         self._service: InternalService | None = None
-        self._life = Lifecycle("BackendStream", self.LIFECYCLE, BackendStreamState.NEW)
         self._header_deadline = Deadline(limits.clock)
+        # A header no longer awaited has no deadline, however it stops being awaited.
+        self._life = Lifecycle(
+            "BackendStream", self.LIFECYCLE, BackendStreamState.NEW,
+            {BackendStreamState.AWAITING_OPEN: self._header_deadline.cancel},
+        )  # fmt: skip
 
     @property
     def state(self) -> BackendStreamState:
@@ -260,8 +264,6 @@ class BackendStream(RelayedProtocol):
         """Take ``event``; a stream that stops pending gives its place back, however it stops."""
         before = self._life.state
         after = self._life.fire(event)
-        if before is BackendStreamState.AWAITING_OPEN:
-            self._header_deadline.cancel()
         if before in _PENDING and after not in _PENDING:
             self.limits.release()
         return after
