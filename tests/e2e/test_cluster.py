@@ -219,12 +219,16 @@ async def open_conn(kind: str, address: Address, timeout: float = PROBE_TIMEOUT,
 
 
 async def open_first(kind: str, addresses: list[Address], timeout: float = PROBE_TIMEOUT) -> Conn:
-    """Like a client of a DNS name with several addresses: the next one only if this one refuses."""
+    """Like a client of a DNS name with several addresses: the next one only if this one refuses
+    the TCP connection (RFC 8305 clients move on at any failed connect). A refusal is ECONNREFUSED,
+    or ECONNRESET from connect() itself: a SYN that reached a listener in the instant it closes is
+    reset by the kernel, before any byte was exchanged."""
     for index, address in enumerate(addresses):
         try:
             return await open_conn(kind, address, timeout)
-        except ConnectionRefusedError:
-            if index == len(addresses) - 1:
+        except (ConnectionRefusedError, ConnectionResetError) as problem:
+            refused = isinstance(problem, ConnectionRefusedError) or "Connect call failed" in str(problem)
+            if not refused or index == len(addresses) - 1:
                 raise
     raise AssertionError("no addresses")
 
