@@ -124,3 +124,16 @@ def _status_line(line: bytes) -> tuple[int, str]:
 def _sample(data: bytes, size: int = 40) -> str:
     """The first bytes of ``data`` as a Python bytes literal (control bytes escaped), for a log line."""
     return repr(data[:size]) + ("..." if len(data) > size else "")
+
+
+class ProxyError(Exception):
+    """A dial through the proxy failed before the tunnel was up. The text is the reason a log line
+    gives: it names the proxy and the target, never the credentials."""
+
+
+class ProxyRefusedError(ProxyError):
+    """The proxy answered CONNECT with something other than 2xx."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
