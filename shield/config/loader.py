@@ -1051,6 +1051,9 @@ def _egress_proxy(table: _Table) -> dict[str, Any]:
                 "runs end to end through the proxy, which sees only the CONNECT target",
             )
         proxy = parse_uri(text, ("http",), key_path)
+        table.reject_if_present(
+            ("resolve-interval",), "not used with a proxy, which resolves the connect host names at every CONNECT"
+        )
     auth = None
     if table.has("proxy-auth-file"):
         if proxy is None:

@@ -81,6 +81,11 @@ def test_credentials_in_the_url_are_refused_without_showing_them(folder: Path, v
     assert "hunter2" not in problem
 
 
+def test_resolve_interval_is_refused_with_a_proxy(folder: Path) -> None:
+    problem = refused(folder, "resolve-interval", proxy="http://proxy:3128", **{"resolve-interval": 5})
+    assert problem == "not used with a proxy, which resolves the connect host names at every CONNECT"
+
+
 def test_an_auth_file_without_a_proxy_is_refused(folder: Path) -> None:
     problem = refused(folder, "proxy-auth-file", **{"proxy-auth-file": "proxy-auth"})
     assert problem == "only used with a proxy, and internal.backplane.proxy is not set"

@@ -211,8 +211,10 @@ def every_key_dmz() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def every_key_internal() -> dict[str, Any]:
-    return {
+def every_key_internal(proxy: bool = False) -> dict[str, Any]:
+    """A connector file with every key set; with ``proxy``, the proxy keys instead of
+    resolve-interval (which a proxy makes pointless, so the loader refuses the two together)."""
+    doc = {
         "internal": {
             "name": "internal1", "admin": "http://127.0.0.1:9001", "priority": 5, "grace-period": 4,
             "max-pending-opens": 9, "buffer-budget": 2**21,
@@ -220,7 +222,7 @@ def every_key_internal() -> dict[str, Any]:
                 "connect": ["tls://dmz1.example:5941"], "server-name": "dmz1", "links": 3,
                 "cert": "internal1.pem", "ca": "ca.pem", "keepalive-interval": 1, "keepalive-misses": 5,
                 "stream-window": 524288, "stream-window-max": 8388608, "resolve-interval": 5,
-                "max-streams": 100, "proxy": "http://10.0.0.5:3128", "proxy-auth-file": "proxy-auth",
+                "max-streams": 100,
             },
             "service": [{
                 "name": "web", "connect": "tls://backend.example:443", "connect-timeout": 1, "ca": "ca.pem",
@@ -229,6 +231,11 @@ def every_key_internal() -> dict[str, Any]:
             }],
         }
     }  # fmt: skip
+    if proxy:
+        backplane = doc["internal"]["backplane"]
+        del backplane["resolve-interval"]
+        backplane.update({"proxy": "http://10.0.0.5:3128", "proxy-auth-file": "proxy-auth"})
+    return doc
 
 
 def class_default(cls: type, path: tuple[str, ...]) -> Any:
@@ -280,9 +287,11 @@ def test_every_dmz_key_is_read_into_its_field(folder: Path) -> None:
 
 
 def test_every_internal_key_is_read_into_its_field(folder: Path) -> None:
-    doc = every_key_internal()
-    config = loader.build_internal(doc, folder)
-    assert set(read_keys(InternalConfig, doc["internal"], config, "internal")) == all_keys("internal")
+    read: set[str] = set()
+    for doc in (every_key_internal(), every_key_internal(proxy=True)):
+        config = loader.build_internal(doc, folder)
+        read |= set(read_keys(InternalConfig, doc["internal"], config, "internal"))
+    assert read == all_keys("internal")
 
 
 # --------------------------------------------------------------------------- enumerations
