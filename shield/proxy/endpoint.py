@@ -154,7 +154,7 @@ class _ConnectTunnel(Handover):
         dial = self._dial
         status = f"{answer.status} {answer.reason}".rstrip()
         hint = ""
-        if answer.status == 407:
+        if answer.status in (401, 407):  # 407 is the standard; some proxies (tinyproxy) answer 401
             hint = " (the credentials of proxy-auth-file were refused)" if dial.with_credentials else " (no proxy-auth-file is configured)"
         return ProxyRefusedError(f"proxy {dial.proxy} refused CONNECT {dial.target}: {status}{hint}", answer.status)
 

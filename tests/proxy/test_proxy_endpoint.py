@@ -97,6 +97,7 @@ def test_the_tunnel_is_handed_over_with_the_bytes_that_followed_the_answer() -> 
         (b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\n\r\n",
          "407 Proxy Authentication Required (no proxy-auth-file is configured)"),
         (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", "403 Forbidden"),
+        (b"HTTP/1.0 401 Unauthorized\r\n\r\n", "401 Unauthorized (no proxy-auth-file is configured)"),  # tinyproxy
         (b"HTTP/1.0 502 Bad Gateway\r\n\r\n<html>cannot connect</html>", "502 Bad Gateway"),
         (b"HTTP/1.1 503\r\n\r\n", "503"),
     ],
