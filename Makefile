@@ -9,8 +9,9 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the test-suite uses: the reference Go yamux for interop; ip and iptables for the
 # network-namespace topology tests (tests/netns, run as root); sshd and ssh for the benchmark
-# harness's self-check (tests/bench: ssh -R is the benchmarks' baseline).
-DEBIAN_TEST_PACKAGES := golang-go golang-github-hashicorp-yamux-dev iproute2 iptables openssh-server openssh-client
+# harness's self-check (tests/bench: ssh -R is the benchmarks' baseline); tinyproxy, a real HTTP
+# CONNECT proxy for the connector's egress through a proxy (tests/e2e/test_egress_proxy.py).
+DEBIAN_TEST_PACKAGES := golang-go golang-github-hashicorp-yamux-dev iproute2 iptables openssh-server openssh-client tinyproxy
 # ip and iptables live in /usr/sbin, which a user's PATH may lack.
 SBIN_PATH := $(PATH):/usr/sbin:/sbin
 YAMUX_GO_SRC := /usr/share/gocode/src/github.com/hashicorp/yamux
@@ -28,7 +29,8 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 debian-test-deps:
 	@if ! command -v go >/dev/null || [ ! -d $(YAMUX_GO_SRC) ] || \
 		! env PATH="$(SBIN_PATH)" sh -c 'command -v ip && command -v iptables' >/dev/null || \
-		[ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then \
+		[ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null || \
+		! command -v tinyproxy >/dev/null; then \
 		echo "installing Debian packages: $(DEBIAN_TEST_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBIAN_TEST_PACKAGES); \

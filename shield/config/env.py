@@ -12,6 +12,11 @@
     SHIELD_PRIORITY      optional, internal.priority
     SHIELD_LINKS         optional, internal.backplane.links
     SHIELD_ADMIN         optional, internal.admin: http://host:port
+    SHIELD_PROXY         optional, internal.backplane.proxy: http://host:port of a CONNECT proxy
+    SHIELD_PROXY_AUTH_FILE  optional, internal.backplane.proxy-auth-file: a file of user:password
+
+HTTPS_PROXY, HTTP_PROXY and NO_PROXY are not read: a container platform sets them for the programs
+of a pod, and they must not silently reroute the backplane (docs/configuration.md).
 
 The variables become the same document a configuration file would give, and go through the same
 loader and the same checks; a problem is reported with the variable's name instead of a key path.
@@ -41,6 +46,8 @@ OPTIONAL = {
     "SHIELD_PRIORITY": "internal.priority",
     "SHIELD_LINKS": "internal.backplane.links",
     "SHIELD_ADMIN": "internal.admin",
+    "SHIELD_PROXY": "internal.backplane.proxy",
+    "SHIELD_PROXY_AUTH_FILE": "internal.backplane.proxy-auth-file",
 }
 INTEGERS = ("SHIELD_PRIORITY", "SHIELD_LINKS")
 
@@ -81,6 +88,9 @@ def internal_config_from_environment(environ: Mapping[str, str] = os.environ) ->
                 internal["backplane"]["links"] = number
     if "SHIELD_ADMIN" in values:
         internal["admin"] = values["SHIELD_ADMIN"]
+    for name, key in (("SHIELD_PROXY", "proxy"), ("SHIELD_PROXY_AUTH_FILE", "proxy-auth-file")):
+        if name in values:
+            internal["backplane"][key] = values[name]
     try:
         return loader.build_internal({"internal": internal}, Path.cwd())
     except ConfigError as error:

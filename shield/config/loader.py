@@ -43,6 +43,7 @@ from shield.config.model import (
     InternalConfig,
     InternalService,
     KeepaliveSettings,
+    ProxyAuth,
     ServiceType,
     Uri,
 )
@@ -1024,7 +1025,72 @@ def _internal_backplane(table: _Table) -> InternalBackplane:
         max_streams=table.integer(
             "max-streams", _default(InternalBackplane, "max_streams"), 1, MAX_STREAMS
         ),
+        **_egress_proxy(table),
     )
+
+
+#: A proxy-auth-file holds one short line; anything bigger is not one.
+MAX_PROXY_AUTH_FILE = 4096
+
+
+def _egress_proxy(table: _Table) -> dict[str, Any]:
+    """``proxy`` (only ``http://host:port``) and ``proxy-auth-file`` (only with a proxy)."""
+    proxy = None
+    if table.has("proxy"):
+        text, key_path = table.string("proxy"), table.at("proxy")
+        if "@" in text:  # checked first: no message below may echo a password
+            raise ConfigError(
+                key_path,
+                "credentials do not belong in the proxy URL (it is logged): put user:password in "
+                f"{table.at('proxy-auth-file')} (expected http://host:port)",
+            )
+        if text.lower().startswith("https:"):
+            raise ConfigError(
+                key_path,
+                "https:// proxies are not supported (expected http://host:port): the link's own TLS "
+                "runs end to end through the proxy, which sees only the CONNECT target",
+            )
+        proxy = parse_uri(text, ("http",), key_path)
+        table.reject_if_present(
+            ("resolve-interval",), "not used with a proxy, which resolves the connect host names at every CONNECT"
+        )
+    auth = None
+    if table.has("proxy-auth-file"):
+        if proxy is None:
+            raise ConfigError(table.at("proxy-auth-file"), f"only used with a proxy, and {table.at('proxy')} is not set")
+        auth = read_proxy_auth(table.file("proxy-auth-file"), table.at("proxy-auth-file"))
+    return {"proxy": proxy, "proxy_auth": auth}
+
+
+def read_proxy_auth(path: Path, key_path: str) -> ProxyAuth:
+    """``user:password`` from ``path``: one line (a final newline is fine), a non-empty user (which
+    cannot hold ':', RFC 7617), UTF-8, no control characters. No message shows the content."""
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(key_path, f"{path}: {problem} (expected one line user:password)")
+
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_PROXY_AUTH_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(key_path, f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_PROXY_AUTH_FILE:
+        raise fail(f"larger than {MAX_PROXY_AUTH_FILE} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise fail("not UTF-8 text") from None
+    line = text.removesuffix("\n").removesuffix("\r")
+    if "\n" in line or "\r" in line:
+        raise fail("more than one line")
+    user, colon, password = line.partition(":")
+    if not colon:
+        raise fail("no ':' between user and password")
+    if not user:
+        raise fail("the user (before ':') is empty")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in line):
+        raise fail("control characters in the user or the password")
+    return ProxyAuth(path, user, password)
 
 
 def _internal_service(table: _Table, name: str) -> InternalService:

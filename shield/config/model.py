@@ -163,6 +163,17 @@ class DmzConfig:
     source: Path | None = field(default=None, metadata=not_in_file())  # the file it was read from
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyAuth:
+    """Basic credentials for the egress proxy, read from ``proxy-auth-file`` (at start and at every
+    reload, so a rotated Secret is picked up). Only the file shows in a repr: the credentials
+    must never reach a log line or a traceback."""
+
+    file: Path
+    user: str = field(repr=False)
+    password: str = field(repr=False)
+
+
 # kw_only: links comes before the required cert and ca, the order of the keys in a file.
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InternalBackplane:
@@ -176,6 +187,11 @@ class InternalBackplane:
     stream_window_max: int = STREAM_WINDOW_MAX
     resolve_interval: float = 30.0  # seconds between DNS look-ups of connect host names
     max_streams: int = MAX_STREAMS
+    # http://host:port of an HTTP CONNECT proxy every link goes through (the proxy resolves the
+    # connect host names then); None: links go straight to the DMZ
+    proxy: Uri | None = None
+    # Basic credentials for the proxy, from the key proxy-auth-file (a file of one line user:password)
+    proxy_auth: ProxyAuth | None = field(default=None, metadata=key("proxy-auth-file"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,10 @@
 The pool follows DNS: every ``connect`` host name is looked up again every ``resolve-interval``
 seconds (``shield.dns``); a new address gets ``links`` slots, an address that is
 gone has its slots drained (GoAway: open tunnels finish, no new ones land there).
+
+With a ``proxy``, the connector resolves nothing: each ``connect`` URI is one endpoint, named by
+its host and port, and every dial asks the proxy for that host name (``shield.proxy``), so the
+proxy's DNS is followed at every redial.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from shield.addresses import host_port
 from twisted.logger import Logger
 
 from shield.config.model import InternalConfig, Uri
@@ -23,6 +28,7 @@ from shield.link.wire import Announce
 from shield.dns import Change, Discovery, resolve
 from shield.internal.health import HealthBoard
 from shield.internal.pool import Endpoint, LinkSlot, endpoint_for, endpoint_label
+from shield.proxy.endpoint import ProxyRoute
 from shield.config.mux import mux_config_for
 from shield.mux.budget import BufferBudget
 from shield.net import is_ipv4, is_ipv6
@@ -105,16 +111,31 @@ class InternalGateway(Service):
             name=config.name,
             services=", ".join(s.name for s in config.services),
             links=config.backplane.links,
-            endpoints=", ".join(self.endpoints) or "its endpoints, none known yet (waiting for DNS)",
+            endpoints=(", ".join(self.endpoints) or "its endpoints, none known yet (waiting for DNS)") + self._through(),
         )
 
+    def _through(self) -> str:
+        proxy = self.config.backplane.proxy
+        return "" if proxy is None else f" through proxy {host_port(proxy.host, proxy.port)}"
+
+    def _proxy_route(self) -> ProxyRoute:
+        """The proxy and credentials of the running configuration: read at every dial."""
+        backplane = self.config.backplane
+        assert backplane.proxy is not None, "only dials through a proxy ask for its route"
+        return ProxyRoute(backplane.proxy, backplane.proxy_auth)
+
+    def _follows_dns(self, uri: Uri) -> bool:
+        """Whether ``uri``'s host is looked up again and again: a name, dialled without a proxy."""
+        return not (self.config.backplane.proxy is not None or is_ipv4(uri.host) or is_ipv6(uri.host))
+
     def _watch(self, uri: Uri) -> Discovery:
-        literal = is_ipv4(uri.host) or is_ipv6(uri.host)
+        # Through a proxy, the host is its own answer: the proxy resolves it at every CONNECT.
+        resolver = partial(succeed, [uri.host]) if self.config.backplane.proxy is not None else partial(self.resolver, uri)
         discovery = Discovery(
             uri.host,
-            partial(self.resolver, uri),
+            resolver,
             self.reactor,
-            0.0 if literal else self.config.backplane.resolve_interval,
+            self.config.backplane.resolve_interval if self._follows_dns(uri) else 0.0,
             partial(self._addresses_changed, uri),
             where=f"connector {self.config.name}: connect {uri}",
         )
@@ -130,8 +151,11 @@ class InternalGateway(Service):
         check a start would make, or changes the name or the admin address. Applied: the
         certificate and key for new links, the backend of each service for new tunnels, the
         services and priority announced again on every link, ``connect`` URIs added (dialled)
-        or removed (drained), the number of links per endpoint for new endpoints, limits, and
-        ``resolve-interval`` (from each host's next look-up).
+        or removed (drained), the number of links per endpoint for new endpoints, limits,
+        ``resolve-interval`` (from each host's next look-up), and the proxy's address and
+        credentials (``proxy-auth-file`` is read again) for new dials. Setting or removing
+        ``proxy`` is refused: it changes what an endpoint is (an address found by DNS, or a
+        host name the proxy resolves), so that takes a restart.
         """
         source = self.config.source
         if self.phase.draining:
@@ -148,6 +172,8 @@ class InternalGateway(Service):
                 fixed.append(f"internal.name changed ({self.config.name!r} -> {new.name!r})")
             if new.admin != self.config.admin:
                 fixed.append("internal.admin changed")
+            if (new.backplane.proxy is None) != (self.config.backplane.proxy is None):
+                fixed.append(f"internal.backplane.proxy {'removed' if new.backplane.proxy is None else 'set'}")
             if fixed:
                 raise ConfigError("", f"{'; '.join(fixed)} (restart the connector for that)")
             return new, _tls_material(new)
@@ -163,7 +189,7 @@ class InternalGateway(Service):
         self.health.reconfigure(new.services)
         self.budget.limit = new.buffer_budget
         for uri, discovery in self.discoveries.items():  # from the next look-up on
-            if not (is_ipv4(uri.host) or is_ipv6(uri.host)):
+            if self._follows_dns(uri):
                 discovery.interval = new.backplane.resolve_interval
         before, after = set(old.backplane.connect), set(new.backplane.connect)
         for uri in sorted(after - before, key=str):
@@ -180,13 +206,16 @@ class InternalGateway(Service):
         announced = 0
         if (old.priority, [s.name for s in old.services]) != (new.priority, [s.name for s in new.services]):
             announced = self._announce_again()
+        how = f"resolve-interval {new.backplane.resolve_interval:g} s"
+        if new.backplane.proxy is not None:
+            credentials = " with the credentials read again" if new.backplane.proxy_auth is not None else ""
+            how = f"{self._through().strip()}{credentials}, for new dials"
         log.info(
             "reloaded {source}: services {services}; priority {priority}; connect {connect} "
-            "(resolve-interval {interval:g} s); announced again on {n} links; "
+            "({how}); announced again on {n} links; "
             "certificate and key reloaded for new links",
             source=what, services=", ".join(s.name for s in new.services), priority=new.priority,
-            connect=", ".join(str(uri) for uri in new.backplane.connect), n=announced,
-            interval=new.backplane.resolve_interval,
+            connect=", ".join(str(uri) for uri in new.backplane.connect), n=announced, how=how,
         )  # fmt: skip
 
     def _announce_again(self) -> int:
@@ -233,7 +262,8 @@ class InternalGateway(Service):
         if endpoint is not None:
             endpoint.owners.add(uri)
             return None
-        dial = endpoint_for(self.reactor, address, uri.port, self.tls_options)
+        proxy = self._proxy_route if self.config.backplane.proxy is not None else None
+        dial = endpoint_for(self.reactor, address, uri.port, self.tls_options, proxy)
         slots = [LinkSlot(self, label, dial, index, self.reactor) for index in range(self.config.backplane.links)]
         endpoint = Endpoint(label, address, slots, {uri})
         self.endpoints[label] = endpoint

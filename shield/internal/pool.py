@@ -39,6 +39,7 @@ from shield.mux import MuxConfig
 from shield.mux.budget import BufferBudget
 from shield.mux.protocol import MuxProtocol
 from shield.net import is_ipv6
+from shield.proxy.endpoint import ConnectProxyEndpoint, ProxyRoute
 from shield.tls.contexts import describe_tls_failure
 from shield.tls.transport import LinkTLSEndpoint
 from shield.transports import IGatewayReactor
@@ -242,8 +243,16 @@ class Endpoint:
 
 
 def endpoint_for(
-    reactor: IGatewayReactor, address: str, port: int, tls_options: IOpenSSLClientConnectionCreator
+    reactor: IGatewayReactor,
+    address: str,
+    port: int,
+    tls_options: IOpenSSLClientConnectionCreator,
+    proxy: Callable[[], ProxyRoute] | None = None,
 ) -> IStreamClientEndpoint:
+    """TLS to ``address``, straight or, with ``proxy``, through a CONNECT tunnel (``address`` is
+    then the configured host name, which the proxy resolves at every dial)."""
+    if proxy is not None:
+        return LinkTLSEndpoint(tls_options, ConnectProxyEndpoint(reactor, proxy, address, port, timeout=CONNECT_TIMEOUT))
     plain_class = TCP6ClientEndpoint if is_ipv6(address) else TCP4ClientEndpoint
     plain = plain_class(reactor, address, port, timeout=CONNECT_TIMEOUT)
     return LinkTLSEndpoint(tls_options, plain)

@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from shield.addresses import describe_address
+from shield.proxy.connect import ProxyError
 from shield.tls.identity import identity_from_certificate
 
 __all__ = [
@@ -615,6 +616,8 @@ def _describe_mismatch(exc: VerificationError) -> str:
 def describe_tls_failure(reason: Failure) -> str:
     """One readable line for why a TLS connection failed or ended, for the connector's (or any) log."""
     exc = reason.value
+    if isinstance(exc, ProxyError):  # already a whole reason: proxy, target, status
+        return str(exc)
     if isinstance(exc, TLSVerificationError):
         return f"TLS handshake failed: {exc}"
     if isinstance(exc, VerificationError):

@@ -58,11 +58,12 @@ EXPECTED_KEYS = {
     "idle-timeout, bytes-per-second",
     "internal": "name, admin, priority, grace-period, max-pending-opens, buffer-budget, backplane, service",
     "internal.backplane": "connect, server-name, links, cert, ca, keepalive-interval, keepalive-misses, "
-    "stream-window, stream-window-max, resolve-interval, max-streams",
+    "stream-window, stream-window-max, resolve-interval, max-streams, proxy, proxy-auth-file",
     "internal.service": "name, connect, connect-timeout, ca, server-name, health-check, health-interval, "
     "health-timeout, health-rise, health-fall, health-path, health-status",
 }
 PLACEHOLDERS = ("dmz1.pem", "internal1.pem", "ca.pem", "public.pem", "clients-ca.pem")
+PROXY_AUTH = ("proxy-auth", b"connector:secret\n")  # a file whose content is checked
 HASH = "sha256:" + hashlib.sha256(b"token").hexdigest()
 
 
@@ -81,12 +82,13 @@ CONFIG_CLASSES = sorted({c for root in (DmzConfig, InternalConfig) for c in reac
 
 
 def test_every_config_dataclass_is_reached() -> None:
-    """Each dataclass of model.py but Uri (a value, parsed from one string) is part of a file."""
+    """Each dataclass of model.py but Uri (a value, parsed from one string) and ProxyAuth (a value,
+    read from the file a key names) is part of a file."""
     declared = {
         value for value in vars(model).values()
         if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == model.__name__
     }  # fmt: skip
-    assert declared - set(CONFIG_CLASSES) == {model.Uri}
+    assert declared - set(CONFIG_CLASSES) == {model.Uri, model.ProxyAuth}
     assert KeepaliveSettings in CONFIG_CLASSES
 
 
@@ -133,6 +135,7 @@ def test_naming_rule_and_its_exceptions() -> None:
         "DmzConfig.services": "service",
         "InternalConfig.services": "service",
         "DmzService.token_hashes": "tokens",
+        "InternalBackplane.proxy_auth": "proxy-auth-file",  # the credentials the file holds
         # inline ClientLimits: its keys, unprefixed, in the service's table
         "DmzService.limits.max_connections": "max-connections",
         "DmzService.limits.max_connections_per_source": "max-connections-per-source",
@@ -208,8 +211,10 @@ def every_key_dmz() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def every_key_internal() -> dict[str, Any]:
-    return {
+def every_key_internal(proxy: bool = False) -> dict[str, Any]:
+    """A connector file with every key set; with ``proxy``, the proxy keys instead of
+    resolve-interval (which a proxy makes pointless, so the loader refuses the two together)."""
+    doc = {
         "internal": {
             "name": "internal1", "admin": "http://127.0.0.1:9001", "priority": 5, "grace-period": 4,
             "max-pending-opens": 9, "buffer-budget": 2**21,
@@ -226,6 +231,11 @@ def every_key_internal() -> dict[str, Any]:
             }],
         }
     }  # fmt: skip
+    if proxy:
+        backplane = doc["internal"]["backplane"]
+        del backplane["resolve-interval"]
+        backplane.update({"proxy": "http://10.0.0.5:3128", "proxy-auth-file": "proxy-auth"})
+    return doc
 
 
 def class_default(cls: type, path: tuple[str, ...]) -> Any:
@@ -262,6 +272,7 @@ def read_keys(cls: type, table: dict[str, Any], loaded: Any, where: str) -> Iter
 def folder(tmp_path: Path) -> Path:
     for name in PLACEHOLDERS:
         (tmp_path / name).write_bytes(b"")
+    (tmp_path / PROXY_AUTH[0]).write_bytes(PROXY_AUTH[1])
     return tmp_path
 
 
@@ -276,9 +287,11 @@ def test_every_dmz_key_is_read_into_its_field(folder: Path) -> None:
 
 
 def test_every_internal_key_is_read_into_its_field(folder: Path) -> None:
-    doc = every_key_internal()
-    config = loader.build_internal(doc, folder)
-    assert set(read_keys(InternalConfig, doc["internal"], config, "internal")) == all_keys("internal")
+    read: set[str] = set()
+    for doc in (every_key_internal(), every_key_internal(proxy=True)):
+        config = loader.build_internal(doc, folder)
+        read |= set(read_keys(InternalConfig, doc["internal"], config, "internal"))
+    assert read == all_keys("internal")
 
 
 # --------------------------------------------------------------------------- enumerations
