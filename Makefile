@@ -10,8 +10,10 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the test-suite uses: the reference Go yamux for interop; ip and iptables for the
 # network-namespace topology tests (tests/netns, run as root); sshd and ssh for the benchmark
 # harness's self-check (tests/bench: ssh -R is the benchmarks' baseline); tinyproxy, a real HTTP
-# CONNECT proxy for the connector's egress through a proxy (tests/e2e/test_egress_proxy.py).
-DEBIAN_TEST_PACKAGES := golang-go golang-github-hashicorp-yamux-dev iproute2 iptables openssh-server openssh-client tinyproxy
+# CONNECT proxy for the connector's egress through a proxy (tests/e2e/test_egress_proxy.py);
+# haproxy, a real load balancer that sends the PROXY protocol to the DMZ and a real server that
+# reads it from the connector (tests/e2e/test_proxy_protocol*.py).
+DEBIAN_TEST_PACKAGES := golang-go golang-github-hashicorp-yamux-dev iproute2 iptables openssh-server openssh-client tinyproxy haproxy
 # ip and iptables live in /usr/sbin, which a user's PATH may lack.
 SBIN_PATH := $(PATH):/usr/sbin:/sbin
 YAMUX_GO_SRC := /usr/share/gocode/src/github.com/hashicorp/yamux
@@ -30,7 +32,7 @@ debian-test-deps:
 	@if ! command -v go >/dev/null || [ ! -d $(YAMUX_GO_SRC) ] || \
 		! env PATH="$(SBIN_PATH)" sh -c 'command -v ip && command -v iptables' >/dev/null || \
 		[ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null || \
-		! command -v tinyproxy >/dev/null; then \
+		! command -v tinyproxy >/dev/null || [ ! -x /usr/sbin/haproxy ]; then \
 		echo "installing Debian packages: $(DEBIAN_TEST_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBIAN_TEST_PACKAGES); \
