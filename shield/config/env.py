@@ -3,7 +3,8 @@
 ``twistd -n shield-internal`` without ``--config`` reads these (docs/containers.md):
 
     SHIELD_NAME          internal.name: the connector identity, as in its certificate
-    SHIELD_DMZ           internal.backplane.connect: tls://host:port, comma-separated for several
+    SHIELD_DMZ           internal.backplane.connect: tls://host:port or wss://host:port/path,
+                         comma-separated for several
     SHIELD_SERVER_NAME   internal.backplane.server-name: the name the DMZ certificate carries
     SHIELD_CERT          internal.backplane.cert: this connector's certificate and key (PEM)
     SHIELD_CA            internal.backplane.ca: the CA of the DMZ certificates (PEM)

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from shield.config.errors import ConfigError
 from shield.config.model import (
     BACKEND_SCHEMES,
+    BACKPLANE_SCHEMES,
     PUBLIC_SCHEMES,
     AuthKind,
     BalancerMode,
@@ -700,7 +701,7 @@ def _dmz_cluster(table: _Table, own_name: str, backplane: DmzBackplane) -> DmzCl
 
 def _dmz_backplane(table: _Table) -> tuple[DmzBackplane, dict[str, list[str]]]:
     """The backplane, and the key path of each name in each connector's list."""
-    accept = table.uri("accept", ("tls",))
+    accept = tuple(uri for uri, _ in table.uris("accept", BACKPLANE_SCHEMES))
     cert = table.file("cert")
     ca = table.file("ca")
     connectors: dict[str, tuple[str, ...]] = {}
@@ -922,7 +923,9 @@ def _fixed_listeners(
     """The DMZ's own ports: they may not be taken by a service either."""
     listeners = [] if admin is None else [_Listener(admin, top.at("admin"), "the admin endpoint")]
     accept_path = _join(top.at("backplane"), "accept")
-    listeners.append(_Listener(backplane.accept, accept_path, "the backplane", backplane.cert))
+    for index, uri in enumerate(backplane.accept):
+        path = accept_path if len(backplane.accept) == 1 else f"{accept_path}[{index}]"
+        listeners.append(_Listener(uri, path, "the backplane", backplane.cert))
     if cluster is not None:
         cluster_path = _join(top.at("cluster"), "accept")
         listeners.append(_Listener(cluster.accept, cluster_path, "the cluster", backplane.cert))
@@ -958,6 +961,11 @@ def _conflict(current: _Listener, earlier: _Listener) -> str | None:
         return f"{a} is already accepted by {where}"
     if not same_host:
         return f"{a} overlaps {b} of {where}: a wildcard address takes the port on every address"
+    if "the backplane" in (current.owner, earlier.owner):
+        return (
+            f"{a} conflicts with {b} of {where}: the backplane needs a port of its own (its TLS "
+            "asks every client for a connector certificate before any path is known)"
+        )
     if a.scheme in _WS_SCHEMES and a.scheme == b.scheme:
         if a.scheme == "wss" and current.cert != earlier.cert:
             return (
@@ -1011,7 +1019,7 @@ def _build_internal(data: dict[str, Any], source: Path) -> InternalConfig:
 
 def _internal_backplane(table: _Table) -> InternalBackplane:
     return InternalBackplane(
-        connect=tuple(uri for uri, _ in table.uris("connect", ("tls",))),
+        connect=tuple(uri for uri, _ in table.uris("connect", BACKPLANE_SCHEMES)),
         server_name=_server_name(table, "server-name"),
         cert=table.file("cert"),
         ca=table.file("ca"),

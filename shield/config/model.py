@@ -27,6 +27,8 @@ MAX_STREAMS = 16384  # open streams per link
 PUBLIC_SCHEMES = ("ws", "wss", "tcp", "tls")
 #: Schemes a connector may reach a backend with.
 BACKEND_SCHEMES = ("tcp", "tls", "unix")
+#: What links ride on: TLS straight, or a WebSocket over TLS (through HTTPS-only middleboxes).
+BACKPLANE_SCHEMES = ("tls", "wss")
 
 
 class ServiceType(StrEnum):
@@ -137,7 +139,7 @@ class DmzCluster:
 
 @dataclass(frozen=True, slots=True)
 class DmzBackplane:
-    accept: Uri
+    accept: tuple[Uri, ...]  # tls://host:port and wss://host:port/path, a string or an array
     cert: Path
     ca: Path
     # [dmz.backplane.connectors]: identity -> the services it may offer (read whole, as a value)

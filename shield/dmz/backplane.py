@@ -10,23 +10,25 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IOpenSSLServerConnectionCreator, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from shield.deadline import Deadline
 from shield.addresses import describe_address, host_of
-from shield.config.model import DmzConfig
+from shield.config.model import DmzBackplane, DmzConfig, Uri
 from shield.config.mux import mux_config_for
 from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.link.wire import Announce, AnnounceReply, MessageReader, WireError, encode
 from shield.mux.budget import BufferBudget
 from shield.mux.protocol import MuxProtocol
 from shield.link.roles import link_mux, tune_link_socket, why_link_ended
+from shield.link.websocket import LinkWebSocketServerFactory
 from shield.ops.ratelog import RateLimitedLog
 from shield.tls.contexts import refusal_logged
 from shield.tls.identity import negotiated_suite, peer_identity
+from shield.tls.transport import LinkTLSFactory
 from shield.transports import IStreamTransport
 
 #: How long a connector has, once TLS is up, to announce itself.
@@ -260,12 +262,33 @@ class BackplaneFactory(Factory):
         self.bad_peers = RateLimitedLog(log, clock)
         self.noisy = False
 
+    def upgrade_refused(self, addr: IAddress, reason: str) -> None:
+        """A ``wss://`` link's upgrade was refused (wrong path, not a shield link): one line."""
+        self.bad_peers.warn(
+            ("upgrade refused", host_of(addr)),
+            f"link from {describe_address(addr)}: WebSocket upgrade refused: {reason}",
+        )
+
     def buildProtocol(self, addr: IAddress | None) -> MuxProtocol:
         link = DmzLinkEnd(self, describe_address(addr), host_of(addr))
         link.mux.factory = self
         self.links.add(link)
         link.mux.when_closed().addBoth(lambda _: self.links.discard(link))
         return link.mux
+
+
+def backplane_ports(
+    config: DmzBackplane, links: "BackplaneFactory", tls: IOpenSSLServerConnectionCreator
+) -> list[tuple[Uri, IProtocolFactory]]:
+    """A port per ``accept`` URI: mutual TLS, then the mux straight (``tls://``) or a WebSocket
+    carrying it (``wss://``, on the URI's path)."""
+    ports: list[tuple[Uri, IProtocolFactory]] = []
+    for uri in config.accept:
+        above_tls: IProtocolFactory = links
+        if uri.scheme == "wss":
+            above_tls = LinkWebSocketServerFactory(links, uri, config.keepalive, links.upgrade_refused)
+        ports.append((uri, LinkTLSFactory(tls, False, above_tls)))
+    return ports
 
 
 def known_identity_check(backplane: "BackplaneFactory") -> Callable[[str], bool]:

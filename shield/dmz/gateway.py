@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from shield.config.model import DmzConfig
 from shield.config.mux import mux_config_for
 from shield.dmz.admission import ClientGate
-from shield.dmz.backplane import BackplaneFactory, known_identity_check
+from shield.dmz.backplane import BackplaneFactory, backplane_ports, known_identity_check
 from shield.dmz.certificates import GatewayTLS
 from shield.dmz.cluster_member import ClusterMember
 from shield.dmz.drain import DmzDrain
@@ -36,7 +36,6 @@ from shield.mux.budget import BufferBudget
 from shield.ops.lifecycle import Phase, admin_endpoint, start_gateway, stop_gateway, stop_in_reverse
 from shield.ops.metrics import Metrics
 from shield.ops.port import PortService, at_once
-from shield.tls.transport import LinkTLSFactory
 from shield.transports import IGatewayReactor
 
 log = Logger(namespace="shield.dmz")
@@ -84,9 +83,9 @@ class DmzGateway(MultiService):
 
         member = self.member
         self.backplane_port = PortService(
-            reactor, config.backplane.accept, LinkTLSFactory(tls.backplane, False, backplane),
+            reactor, backplane_ports(config.backplane, backplane, tls.backplane),
             lambda: log.info("dmz {name}: {what} listening on {uri}", name=config.name, what="backplane",
-                             uri=str(config.backplane.accept)),
+                             uri=", ".join(str(uri) for uri in config.backplane.accept)),
             member.when_started if member else at_once,
         )  # fmt: skip
         backplane_port = self.backplane_port

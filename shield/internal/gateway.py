@@ -257,13 +257,13 @@ class InternalGateway(Service):
 
     def _add_endpoint(self, uri: Uri, address: str) -> Endpoint | None:
         """The new endpoint, or None when another URI already leads to this address and port."""
-        label = endpoint_label(address, uri.port)
+        label = endpoint_label(address, uri)
         endpoint = self.endpoints.get(label)
         if endpoint is not None:
             endpoint.owners.add(uri)
             return None
         proxy = self._proxy_route if self.config.backplane.proxy is not None else None
-        dial = endpoint_for(self.reactor, address, uri.port, self.tls_options, proxy)
+        dial = endpoint_for(self.reactor, address, uri, self.tls_options, self.config.backplane.keepalive, proxy)
         slots = [LinkSlot(self, label, dial, index, self.reactor) for index in range(self.config.backplane.links)]
         endpoint = Endpoint(label, address, slots, {uri})
         self.endpoints[label] = endpoint
@@ -274,7 +274,7 @@ class InternalGateway(Service):
 
     def _remove_endpoint(self, uri: Uri, address: str) -> Endpoint | None:
         """The endpoint no URI leads to any more, or None while another one still does."""
-        label = endpoint_label(address, uri.port)
+        label = endpoint_label(address, uri)
         endpoint = self.endpoints.get(label)
         if endpoint is None:
             return None

@@ -33,7 +33,9 @@ from zope.interface import implementer
 from shield.addresses import host_port
 from shield.internal.backend import BackendStreamFactory
 from shield.internal.link import ConnectorLinkEnd
+from shield.config.model import KeepaliveSettings, Uri
 from shield.link.roles import QuietClientService
+from shield.link.websocket import LinkWebSocketEndpoint
 from shield.link.wire import Announce
 from shield.mux import MuxConfig
 from shield.mux.budget import BufferBudget
@@ -245,17 +247,27 @@ class Endpoint:
 def endpoint_for(
     reactor: IGatewayReactor,
     address: str,
-    port: int,
+    uri: Uri,
     tls_options: IOpenSSLClientConnectionCreator,
+    keepalive: KeepaliveSettings,
     proxy: Callable[[], ProxyRoute] | None = None,
 ) -> IStreamClientEndpoint:
-    """TLS to ``address``, straight or, with ``proxy``, through a CONNECT tunnel (``address`` is
-    then the configured host name, which the proxy resolves at every dial)."""
+    """TLS to ``address`` at ``uri``'s port, straight or, with ``proxy``, through a CONNECT tunnel
+    (``address`` is then the configured host name, which the proxy resolves at every dial); for a
+    ``wss://`` URI a WebSocket on its path over that TLS."""
     if proxy is not None:
-        return LinkTLSEndpoint(tls_options, ConnectProxyEndpoint(reactor, proxy, address, port, timeout=CONNECT_TIMEOUT))
-    plain_class = TCP6ClientEndpoint if is_ipv6(address) else TCP4ClientEndpoint
-    plain = plain_class(reactor, address, port, timeout=CONNECT_TIMEOUT)
-    return LinkTLSEndpoint(tls_options, plain)
+        plain: IStreamClientEndpoint = ConnectProxyEndpoint(reactor, proxy, address, uri.port, timeout=CONNECT_TIMEOUT)
+    else:
+        plain_class = TCP6ClientEndpoint if is_ipv6(address) else TCP4ClientEndpoint
+        plain = plain_class(reactor, address, uri.port, timeout=CONNECT_TIMEOUT)
+    tls = LinkTLSEndpoint(tls_options, plain)
+    if uri.scheme == "wss":
+        return LinkWebSocketEndpoint(tls, uri, keepalive)
+    return tls
 
 
-endpoint_label = host_port  # an endpoint's name in logs and in shield_links_up{endpoint}
+def endpoint_label(address: str, uri: Uri) -> str:
+    """An endpoint's name in logs and in shield_links_up{endpoint}: ``host:port`` for a TLS link,
+    the whole URI (with the address) for a WebSocket link. Never parsed back."""
+    where = host_port(address, uri.port)
+    return where if uri.scheme == "tls" else f"{uri.scheme}://{where}{uri.path}"

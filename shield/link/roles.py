@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
+from shield.link.websocket import WebSocketEnded
 from shield.mux.budget import BufferBudget
 from shield.mux.config import MuxConfig
 from shield.mux.protocol import MuxOwner, MuxProtocol
@@ -51,8 +52,13 @@ def tune_link_socket(mux: MuxProtocol) -> None:
 
 def why_link_ended(mux: MuxProtocol, reason: Failure) -> str:
     """Why a link ended, in one phrase for its log line: what this side said when it ended it (a
-    protocol error, a refusal, a drain's grace running out), else what TLS or the network said."""
-    return mux.ended_by or describe_tls_failure(reason)
+    protocol error, a refusal, a drain's grace running out), else what the WebSocket under a
+    ``wss://`` link said, else what TLS or the network said."""
+    if mux.ended_by:
+        return mux.ended_by
+    if isinstance(reason.value, WebSocketEnded):
+        return str(reason.value)
+    return describe_tls_failure(reason)
 
 
 def _warnings_only(event: dict[str, Any]) -> None:

@@ -71,7 +71,7 @@ def admin_endpoint(
     after: Callable[[], Deferred[None]] = at_once,
 ) -> PortService:
     """/healthz, /readyz and /metrics (``shield.ops.admin``) on the gateway's admin address."""
-    return PortService(reactor, uri, admin_site(readiness, metrics_registry), listening, after)
+    return PortService(reactor, [(uri, admin_site(readiness, metrics_registry))], listening, after)
 
 
 def stop_gateway(

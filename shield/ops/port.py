@@ -1,5 +1,5 @@
-"""One listening port with one factory for the life of a gateway: the DMZ's backplane, the admin
-endpoint of either gateway.
+"""Listening ports with their factories for the life of a gateway: the DMZ's backplane (a port per
+``accept`` URI), the admin endpoint of either gateway.
 
 A part of a gateway's ``MultiService``: it listens once the parts it comes after are up
 (``after``), says so in one line, and stops listening when the drain closes it or the service
@@ -8,10 +8,10 @@ stops, whichever comes first.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 
 from shield.config.model import Uri
@@ -26,36 +26,51 @@ def at_once() -> Deferred[None]:
 
 
 class PortService(Service):
-    """Listens on ``uri`` with ``factory``; ``when_started`` fires once it does."""
+    """Listens on each URI of ``ports`` with its factory; ``when_started`` fires once all do (and
+    fails, with no port left open, when one cannot)."""
 
     def __init__(
         self,
         reactor: IGatewayReactor,
-        uri: Uri,
-        factory: IProtocolFactory,
+        ports: Sequence[tuple[Uri, IProtocolFactory]],
         listening: Callable[[], None],
         after: Callable[[], Deferred[None]] = at_once,
     ) -> None:
         self.reactor = reactor
-        self.uri = uri
-        self.factory = factory
+        self.ports = tuple(ports)
         self.listening = listening  # the line that says it is up
         self.after = after
-        self.port: IListeningPort | None = None
+        self.listeners: list[IListeningPort] = []
         self.started = Once()
         self._closed = False
 
     def startService(self) -> None:
         super().startService()
         waiting = self.after()
-        waiting.addCallback(lambda _: tcp_server_endpoint(self.reactor, self.uri).listen(self.factory))
+        waiting.addCallback(lambda _: self._listen())
         waiting.addCallbacks(self._listening, self.started.fail)
 
-    def _listening(self, port: IListeningPort) -> None:
-        if self._closed:  # closed while it was still opening: no door left behind
+    def _listen(self) -> Deferred[list[IListeningPort]]:
+        opening = [tcp_server_endpoint(self.reactor, uri).listen(factory) for uri, factory in self.ports]
+        return DeferredList(opening, consumeErrors=True).addCallback(self._all_or_none)
+
+    def _all_or_none(self, results: list[tuple[bool, Any]]) -> Deferred[list[IListeningPort]]:
+        opened = [value for ok, value in results if ok]
+        failures = [value for ok, value in results if not ok]
+        if not failures:
+            return succeed(opened)
+        for port in opened:
             port.stopListening()
+        failed: Deferred[list[IListeningPort]] = Deferred()
+        failed.errback(failures[0])
+        return failed
+
+    def _listening(self, ports: list[IListeningPort]) -> None:
+        if self._closed:  # closed while it was still opening: no door left behind
+            for port in ports:
+                port.stopListening()
             return
-        self.port = port
+        self.listeners = ports
         self.listening()
         self.started.succeed()
 
@@ -65,10 +80,10 @@ class PortService(Service):
     def close(self) -> Deferred[None]:
         """Stop accepting (connections already made stay); a second close does nothing."""
         self._closed = True
-        port, self.port = self.port, None
-        if port is None:
+        ports, self.listeners = self.listeners, []
+        if not ports:
             return succeed(None)
-        return maybeDeferred(port.stopListening).addCallback(_nothing)
+        return gatherResults([maybeDeferred(port.stopListening) for port in ports]).addCallback(_nothing)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -195,12 +195,19 @@ _refused: weakref.WeakSet[Any] = weakref.WeakSet()
 def refusal_logged(transport: Any) -> bool:
     """True if this TLS transport's certificate refusal was already logged by the backplane context.
 
-    Lets the DMZ protocol's connectionLost skip a second log line for the same refusal.
+    Lets the DMZ protocol's connectionLost skip a second log line for the same refusal. A layer
+    above TLS (a ``wss://`` link's WebSocket) is looked through to the TLS transport under it.
     """
-    try:
-        return transport in _refused
-    except TypeError:
-        return False
+    for _ in range(3):
+        try:
+            if transport in _refused:
+                return True
+        except TypeError:
+            return False
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return False
+    return False
 
 
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)

@@ -234,7 +234,7 @@ def check_examples(dmz: DmzConfig, internal: InternalConfig, folder: Path) -> No
     assert dmz.name == "dmz1"
     assert dmz.admin == Uri("http", "127.0.0.1", 9100)
     assert dmz.grace_period == 30.0 and dmz.open_timeout == 10.0
-    assert dmz.backplane.accept == Uri("tls", "127.0.0.1", 5941)
+    assert dmz.backplane.accept == (Uri("tls", "127.0.0.1", 5941),)
     assert dmz.backplane.cert == folder / "certs-dev" / "dmz1.pem"
     assert dmz.backplane.ca == folder / "certs-dev" / "ca.pem"
     assert dmz.backplane.connectors == {"internal1": ("echo",)}
@@ -602,7 +602,8 @@ def set_key(doc: dict[str, Any], dotted: str, value: Any) -> None:
         ("dmz/backplane", ..., "dmz.backplane", "missing required key"),
         ("dmz/backplane", [1], "dmz.backplane", "expected a table, got an array"),
         ("dmz/backplane/accept", ..., "dmz.backplane.accept", "missing required key"),
-        ("dmz/backplane/accept", ["tls://a:1"], "dmz.backplane.accept", "expected a string, got an array"),
+        ("dmz/backplane/accept", [], "dmz.backplane.accept", "empty array"),
+        ("dmz/backplane/accept", ["tls://a:1", 2], "dmz.backplane.accept[1]", "expected a string, got an integer"),
         ("dmz/backplane/cert", ..., "dmz.backplane.cert", "missing required key"),
         ("dmz/backplane/ca", 1.5, "dmz.backplane.ca", "expected a string, got a float (1.5)"),
         ("dmz/backplane/connectors", ["echo"], "dmz.backplane.connectors", "expected a table"),
@@ -738,7 +739,7 @@ def test_stream_window_bounds_are_the_multiplexers() -> None:
         ("dmz/admin", "https://127.0.0.1:9100", "dmz.admin", "unsupported scheme 'https' (expected http)"),
         ("dmz/admin", "http://127.0.0.1:9100/metrics", "dmz.admin", "path '/metrics' not allowed on http://"),
         ("dmz/admin", "http://127.0.0.1", "dmz.admin", "missing port"),
-        ("dmz/backplane/accept", "tcp://127.0.0.1:5941", "dmz.backplane.accept", "unsupported scheme 'tcp' (expected tls)"),
+        ("dmz/backplane/accept", "tcp://127.0.0.1:5941", "dmz.backplane.accept", "unsupported scheme 'tcp' (expected one of tls, wss)"),
         ("dmz/service/0/accept", ["unix:/x"], "dmz.service[0].accept[0]", "unsupported scheme 'unix' (expected one of ws, wss, tcp, tls)"),
         ("dmz/service/0/accept", "ws://h:8080/a?b", "dmz.service[0].accept", "query string not allowed"),
         ("dmz/service/0/accept", ["ws://h:1/", "tcp://h:2/x"], "dmz.service[0].accept[1]", "path '/x' not allowed on tcp://"),
@@ -754,7 +755,7 @@ def test_dmz_uri_rules(refuse: Any, setting: str, value: Any, key_path: str, pro
     ("setting", "value", "key_path", "problem"),
     [
         ("internal/admin", "tcp://127.0.0.1:9101", "internal.admin", "unsupported scheme 'tcp' (expected http)"),
-        ("internal/backplane/connect", ["tls://a:1", "ws://a:2/"], "internal.backplane.connect[1]", "unsupported scheme 'ws' (expected tls)"),
+        ("internal/backplane/connect", ["tls://a:1", "ws://a:2/"], "internal.backplane.connect[1]", "unsupported scheme 'ws' (expected one of tls, wss)"),
         ("internal/backplane/connect", ["tls://a:1", "tls://a:1"], "internal.backplane.connect[1]", "tls://a:1 is listed twice (also at internal.backplane.connect[0])"),
         ("internal/service/0/connect", "ws://a:1/", "internal.service[0].connect", "unsupported scheme 'ws' (expected one of tcp, tls, unix)"),
         ("internal/service/0/connect", "unix:relative.sock", "internal.service[0].connect", "must be absolute"),
@@ -962,6 +963,29 @@ def test_tls_listener_conflicts(refuse: Any, load: Load) -> None:
     load(
         with_accepts(["wss://127.0.0.1:8443/a"], ["wss://127.0.0.1:8443/b"],
                      cert={0: "web.pem", 1: "./web.pem"})
+    )  # fmt: skip
+
+
+def test_the_backplane_accepts_tls_and_wss_at_once_and_connectors_dial_either(load: Load, refuse: Any) -> None:
+    doc = dmz_doc()
+    doc["dmz"]["backplane"]["accept"] = ["tls://127.0.0.1:5941", "wss://0.0.0.0:8443/shield"]
+    assert load(doc).backplane.accept == (Uri("tls", "127.0.0.1", 5941), Uri("wss", "0.0.0.0", 8443, "/shield"))
+    doc["dmz"]["backplane"]["accept"] = "wss://127.0.0.1:8443"
+    assert load(doc).backplane.accept == (Uri("wss", "127.0.0.1", 8443, "/"),)
+    internal = internal_doc()
+    internal["internal"]["backplane"]["connect"] = ["wss://dmz.example:443/shield", "tls://dmz.example:5941"]
+    assert load(internal).backplane.connect == (Uri("wss", "dmz.example", 443, "/shield"), Uri("tls", "dmz.example", 5941))
+    internal["internal"]["backplane"]["connect"] = ["ws://dmz.example:80/shield"]
+    refuse(internal, "internal.backplane.connect[0]", "unsupported scheme 'ws' (expected one of tls, wss)")
+
+
+def test_a_wss_backplane_shares_its_port_with_nothing(refuse: Any) -> None:
+    doc = with_accepts(["wss://127.0.0.1:8443/app"], cert={0: "web.pem"})
+    doc["dmz"]["backplane"]["accept"] = ["tls://127.0.0.1:5941", "wss://127.0.0.1:8443/shield"]
+    refuse(
+        doc, "dmz.service[0].accept[0]",
+        "wss://127.0.0.1:8443/app conflicts with wss://127.0.0.1:8443/shield of the backplane "
+        "(dmz.backplane.accept[1]): the backplane needs a port of its own",
     )  # fmt: skip
 
 

@@ -255,7 +255,7 @@ def test_a_reload_that_changes_what_needs_a_restart_is_refused_whole(tmp_path: P
     g.gateway.reload()
     (line,) = log.having("reload refused")
     assert "dmz.backplane.accept changed (restart the gateway for that)" in line
-    assert g.reactor.events == [] and g.gateway.config.backplane.accept.port == BACKPLANE
+    assert g.reactor.events == [] and g.gateway.config.backplane.accept[0].port == BACKPLANE
 
 
 def test_a_reload_before_the_public_ports_are_open_changes_what_they_open(tmp_path: Path, certs: Path) -> None:

@@ -188,6 +188,12 @@ class Topology:
     def url(self, name: str, scheme: str = "http", path: str = "") -> str:
         return f"{scheme}://127.0.0.1:{self.port(name)}{path}"
 
+    def backplane_uri(self, scheme: str = "tls", path: str = "/shield") -> str:
+        """The DMZ's backplane: tls:// on the port named "backplane", wss:// on "backplane-wss"."""
+        if scheme == "tls":
+            return f"tls://127.0.0.1:{self.port('backplane')}"
+        return f"wss://127.0.0.1:{self.port('backplane-wss')}{path}"
+
     def certs(self, connectors: list[str], dmz_names: list[str] | None = None) -> Path:
         return make_certs(self.folder / "certs", dmz_names or [self.dmz_name], connectors)
 
@@ -201,8 +207,10 @@ class Topology:
         services: dict[str, dict[str, object]],
         connectors: dict[str, list[str]],
         extra_dmz: str = "",
+        backplane: list[str] | None = None,
     ) -> Path:
-        """``services``: name -> extra keys; each gets ws (path /name) and tcp accepts by default."""
+        """``services``: name -> extra keys; each gets ws (path /name) and tcp accepts by default.
+        ``backplane``: its accept URIs (default: tls:// on the port named "backplane")."""
         lines = [
             "[dmz]",
             f'name = "{self.dmz_name}"',
@@ -210,7 +218,7 @@ class Topology:
             "grace-period = 5",
             extra_dmz,
             "[dmz.backplane]",
-            f'accept = "tls://127.0.0.1:{self.port("backplane")}"',
+            f"accept = {toml_list(backplane or [self.backplane_uri()])}",
             f'cert = "certs/{self.dmz_name}.pem"',
             'ca = "certs/ca.pem"',
             "keepalive-interval = 1",
@@ -236,8 +244,9 @@ class Topology:
         priority: int = 100,
         links: int = 2,
         extra: str = "",
+        connect: list[str] | None = None,
     ) -> Path:
-        """``services``: name -> backend URI.
+        """``services``: name -> backend URI; ``connect``: the DMZ URIs (default: the tls:// backplane).
 
         Backend health checks are off: many tests count the connections their backend saw, and a
         check is a connection of its own. tests/e2e/test_backend_health.py turns them on.
@@ -250,7 +259,7 @@ class Topology:
             "grace-period = 5",
             extra,
             "[internal.backplane]",
-            f'connect = ["tls://127.0.0.1:{self.port("backplane")}"]',
+            f"connect = {toml_list(connect or [self.backplane_uri()])}",
             f'server-name = "{self.dmz_name}"',
             f"links = {links}",
             f'cert = "certs/{name}.pem"',

@@ -62,8 +62,8 @@ def port_service(reactor: RecordingReactor, port: int, said: list[str], after: A
     say = lambda: said.append(f"up {port}")  # noqa: E731
     uri = Uri("tcp", "127.0.0.1", port)
     if after is None:
-        return PortService(cast(Any, reactor), uri, factory, say)
-    return PortService(cast(Any, reactor), uri, factory, say, after)
+        return PortService(cast(Any, reactor), [(uri, factory)], say)
+    return PortService(cast(Any, reactor), [(uri, factory)], say, after)
 
 
 def test_a_port_listens_once_what_it_comes_after_is_up_and_says_so() -> None:
