@@ -18,6 +18,10 @@ from benchmarks.settings import RR_CLIENTS, RR_SIZES, Settings
 from benchmarks.targets import LABELS, SSH_TARGETS
 
 SHIELD_TARGETS = ("shield-tcp", "shield-ws")
+#: The metrics where links over a WebSocket (``shield-tcp-wss``) are held to links over TLS
+#: (``shield-tcp``), and the least ratio that counts as a small overhead.
+WSS_LINK_METRICS = ("rr_c16_s16", "rr_c16_s1024", "rr_c1_s1024", "bulk_up", "bulk_down")
+WSS_LINK_GOAL = 0.85
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,19 @@ def goals(summ: Summary, settings: Settings, idle_established: dict[str, list[in
                 })  # fmt: skip
         return checks
 
+    def wss_link_cost() -> list[dict[str, object]]:
+        """A wss:// link against a tls:// one, the same public tcp:// client: what the WebSocket costs."""
+        checks = []
+        for metric in WSS_LINK_METRICS:
+            wss, tls = median(metric, "shield-tcp-wss"), median(metric, "shield-tcp")
+            value = wss / tls if wss is not None and tls else None
+            checks.append({
+                "goal": f"{BY_KEY[metric].title}: a wss:// link keeps at least {WSS_LINK_GOAL:.2f} x a tls:// link",
+                "measured": _x(value),
+                "met": None if value is None else value >= WSS_LINK_GOAL,
+            })  # fmt: skip
+        return checks
+
     checks: list[dict[str, object]] = []
     checks += rr_group("", "request/response round trips per second", True)
     checks += rr_group("_p50", "request/response p50 latency", False)
@@ -165,6 +182,7 @@ def goals(summ: Summary, settings: Settings, idle_established: dict[str, list[in
     checks += against_ssh("latency_p50", "p50 latency of 1 KiB at 1,000/s", False)
     checks += against_ssh("conn_rate", "connection rate", True)
     checks += against_ssh("streams", "100 concurrent streams, aggregate", True)
+    checks += wss_link_cost()
     established = idle_established.get("shield-ws", [])
     lowest = min(established) if established else None
     checks.append({

@@ -37,7 +37,8 @@ from benchmarks import clients, rawclients, report
 from benchmarks.procstats import Snapshot, cpu_seconds, snapshot, tree
 from benchmarks.settings import FULL, MIB, QUICK, RR_CLIENTS, RR_SIZES, SELFCHECK, Settings
 from benchmarks.targets import (
-    ENV_PREFIX, LABELS, REPO, TARGETS, Deployment, Gateway, Process, Target, Topology, start, start_backend, unavailable,
+    ENV_PREFIX, LABELS, REPO, TARGETS, Deployment, Gateway, Process, Target, Topology, measured_in, start, start_backend,
+    unavailable,
 )  # fmt: skip
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -175,10 +176,11 @@ class Bench:
             deployment, targets = self.shared[kind]
         return next(target for target in targets if target.name == name)
 
-    def order(self, rep: int) -> list[str]:
+    def order(self, rep: int, scenario: str) -> list[str]:
+        """The targets ``scenario`` measures, in an order that rotates with ``rep``."""
         names = self.target_names
         shift = rep % len(names)
-        return names[shift:] + names[:shift]
+        return [name for name in names[shift:] + names[:shift] if measured_in(name, scenario)]
 
     # -- measuring -----------------------------------------------------------------------------
 
@@ -206,7 +208,7 @@ class Bench:
         show: Callable[[dict[str, Any]], str],
     ) -> None:
         for rep in range(reps):
-            for name in self.order(rep):
+            for name in self.order(rep, scenario):
                 target = self.target(name)
                 before = self.cpu(target.deployment)
                 data = await self.attempt(f"{scenario} {name}", lambda: run(target), timeout)
@@ -291,7 +293,7 @@ class Bench:
     async def idle(self) -> None:
         s = self.settings
         for rep in range(s.idle_reps):
-            for name in self.order(rep):
+            for name in self.order(rep, "idle"):
                 data = await self.idle_once(name, rep)
                 self.keep("idle", name, rep, data)
                 failed = "error" in data
@@ -387,7 +389,7 @@ class Bench:
     async def stall(self) -> None:
         s = self.settings
         for rep in range(s.stall_reps):
-            for name in self.order(rep):
+            for name in self.order(rep, "stall"):
                 data = await self.stall_once(name, rep)
                 self.keep("stall", name, rep, data)
                 failed = "error" in data
@@ -579,6 +581,8 @@ class Bench:
         found: list[str] = []
         for key in self.expected():
             for name in self.target_names:
+                if not measured_in(name, key):
+                    continue
                 reps = self.raw.get(key, {}).get(name, [])
                 if not reps:
                     found.append(f"{key} {name}: no result")

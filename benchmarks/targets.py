@@ -137,20 +137,23 @@ def _topology(folder: Path, backend_port: int, names: list[str]) -> Topology:
     return topology
 
 
-def start_shield(folder: Path, backend_port: int) -> Deployment:
-    """A DMZ with one service reachable at ws://.../bench and tcp://..., one connector, defaults."""
-    topology = _topology(folder, backend_port, ["backplane", "dmz-admin", f"ws-{SERVICE}", f"tcp-{SERVICE}", "admin-internal1"])
+def start_shield(folder: Path, backend_port: int, link: str = "tls") -> Deployment:
+    """A DMZ with one service reachable at ws://.../bench and tcp://..., one connector, defaults;
+    its links over ``link`` (``tls``, or ``wss`` for the WebSocket backplane)."""
+    backplane_port = "backplane" if link == "tls" else "backplane-wss"
+    topology = _topology(folder, backend_port, [backplane_port, "dmz-admin", f"ws-{SERVICE}", f"tcp-{SERVICE}", "admin-internal1"])
     try:
         topology.certs(["internal1"])
-        _without_harness_tuning(topology.dmz_config({SERVICE: {}}, {"internal1": [SERVICE]}))
-        _without_harness_tuning(topology.internal_config("internal1", {SERVICE: f"tcp://127.0.0.1:{backend_port}"}))
+        uri = topology.backplane_uri(link)
+        _without_harness_tuning(topology.dmz_config({SERVICE: {}}, {"internal1": [SERVICE]}, backplane=[uri]))
+        _without_harness_tuning(topology.internal_config("internal1", {SERVICE: f"tcp://127.0.0.1:{backend_port}"}, connect=[uri]))
         dmz = topology.start_dmz()
         connector = topology.start_connector("internal1")
         topology.dmz_ready()
     except BaseException:
         topology.close()
         raise
-    backplane = topology.port("backplane")
+    backplane = topology.port(backplane_port)
     frontplane = {topology.port(f"ws-{SERVICE}"): "frontplane", topology.port(f"tcp-{SERVICE}"): "frontplane"}
     gateways = [
         Gateway("dmz", dmz.pid, {backplane: "backplane", **frontplane}, "public", admin=topology.url("dmz-admin")),
@@ -159,7 +162,13 @@ def start_shield(folder: Path, backend_port: int) -> Deployment:
             admin=topology.url("admin-internal1"),
         ),
     ]
-    return Deployment("shield", topology, backend_port, gateways, {"tls": backplane_suite(dmz)})
+    kind = "shield" if link == "tls" else "shield-wss"
+    return Deployment(kind, topology, backend_port, gateways, {"tls": backplane_suite(dmz)})
+
+
+def start_shield_wss(folder: Path, backend_port: int) -> Deployment:
+    """As ``start_shield``, with the links over the WebSocket backplane (wss://)."""
+    return start_shield(folder, backend_port, "wss")
 
 
 def backplane_suite(dmz: Process, timeout: float = TLS_LOG_TIMEOUT) -> str:
@@ -177,6 +186,10 @@ def backplane_suite(dmz: Process, timeout: float = TLS_LOG_TIMEOUT) -> str:
         if time.monotonic() > deadline or not dmz.alive():
             return "? (no 'TLS up (...)' line in the DMZ's log)"
         time.sleep(0.1)
+
+
+def shield_wss_targets(deployment: Deployment) -> list[Target]:
+    return [Target("shield-tcp-wss", "shield tcp:// (wss:// links)", "tcp", deployment, port=deployment.topology.port(f"tcp-{SERVICE}"))]
 
 
 def shield_targets(deployment: Deployment) -> list[Target]:
@@ -332,18 +345,35 @@ def direct_targets(deployment: Deployment) -> list[Target]:
 
 STARTERS = {
     "shield": (start_shield, shield_targets),
+    "shield-wss": (start_shield_wss, shield_wss_targets),
     "ssh": (start_ssh, ssh_targets),
     "ssh-aes": (start_ssh_aes, ssh_targets),
     "direct": (start_direct, direct_targets),
 }
 
 #: Target name -> the deployment kind that serves it, in the order tables list them.
-TARGETS = {"shield-ws": "shield", "shield-tcp": "shield", "ssh": "ssh", "ssh-aes": "ssh-aes", "direct": "direct"}
-LABELS = {"shield-ws": "shield ws://", "shield-tcp": "shield tcp://", "ssh": "ssh -R", "ssh-aes": "ssh -R aes-gcm", "direct": "direct"}
+TARGETS = {
+    "shield-ws": "shield", "shield-tcp": "shield", "shield-tcp-wss": "shield-wss",
+    "ssh": "ssh", "ssh-aes": "ssh-aes", "direct": "direct",
+}  # fmt: skip
+LABELS = {
+    "shield-ws": "shield ws://", "shield-tcp": "shield tcp://", "shield-tcp-wss": "shield tcp:// wss-link",
+    "ssh": "ssh -R", "ssh-aes": "ssh -R aes-gcm", "direct": "direct",
+}  # fmt: skip
+#: Targets measured in some scenarios only: the WebSocket backplane is compared with the TLS one
+#: where a link's cost shows (throughput and round trips), not in every scenario again.
+ONLY_IN = {"shield-tcp-wss": frozenset({"bulk", "rr"})}
+
+
+def measured_in(target: str, scenario: str) -> bool:
+    """Whether ``target`` runs in ``scenario`` (``rr_c16_s1024`` and the like count as ``rr``,
+    ``bulk_up`` and ``bulk_down`` as ``bulk``)."""
+    only = ONLY_IN.get(target)
+    return only is None or scenario.split("_")[0] in only
 #: The ``ssh -R`` targets: the baseline of every ratio is the faster of them, metric by metric.
 SSH_TARGETS = ("ssh", "ssh-aes")
 #: Where a deployment's ``info`` goes in the report's environment: key prefix per kind.
-ENV_PREFIX = {"shield": "shield_", "ssh": "ssh_", "ssh-aes": "ssh_aes_", "direct": "direct_"}
+ENV_PREFIX = {"shield": "shield_", "shield-wss": "shield_wss_", "ssh": "ssh_", "ssh-aes": "ssh_aes_", "direct": "direct_"}
 
 
 def unavailable(name: str) -> str | None:

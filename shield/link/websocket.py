@@ -7,8 +7,12 @@ one binary message and every received frame's payload goes to the mux as it arri
 does not care where messages end, so nothing is reassembled or held here). The identity checks,
 limits, keepalives and drain are the mux's and the link roles', unchanged.
 
-Autobahn does the WebSocket (handshake, framing, masking as RFC 6455 asks of a client, pings,
-the closing handshake); the mux sees an ordinary transport, ``MessagePipe``. The layer sits
+Autobahn does the WebSocket (handshake, framing, pings, the closing handshake); the mux sees an
+ordinary transport, ``MessagePipe``. The connector does not mask its frames, and the DMZ does not
+ask it to: RFC 6455's masking protects intermediaries that read frames in the clear, and a link's
+frames are inside mutual TLS from one shield end to the other, which no intermediary can read
+(one that terminated TLS could not present the connector's certificate). Masking would double
+what the WebSocket costs a link. The layer sits
 between the TLS protocol and the mux on both ends:
 
 - the DMZ: ``LinkTLSFactory`` -> ``LinkWebSocketServerFactory`` -> the ``BackplaneFactory``'s mux;
@@ -241,6 +245,12 @@ class _LinkMessages:
         self._why = "no answer to a WebSocket ping in time"
         WebSocketProtocol.onAutoPingTimeout(cast(WebSocketProtocol, self))
 
+    def dataReceived(self, data: bytes) -> None:
+        """Straight to Autobahn's parser (its Twisted adapter would format a debug line per read)."""
+        self._dataReceived(data)
+
+    _dataReceived: Callable[[bytes], None]
+
     def _lost(self, reason: Failure) -> None:
         why = self._why
         self.inner.connectionLost(reason if why is None else Failure(WebSocketEnded(why)))
@@ -311,6 +321,7 @@ class LinkWebSocketServerFactory(WebSocketServerFactory):
             **_link_options(keepalive),
             openHandshakeTimeout=0,  # the link's announce deadline covers TLS and the upgrade
             webStatus=False,
+            requireMaskedClientFrames=False,  # see the module's docstring
         )
 
     def buildProtocol(self, addr: IAddress | None) -> LinkWebSocketServer | None:  # type: ignore[override]
@@ -363,7 +374,9 @@ class _LinkWebSocketClientFactory(WebSocketClientFactory):
         super().__init__(url, protocols=[SUBPROTOCOL], useragent="shield-link")
         self.noisy = False
         self.links = links
-        self.setProtocolOptions(**_link_options(keepalive), openHandshakeTimeout=UPGRADE_TIMEOUT)
+        self.setProtocolOptions(
+            **_link_options(keepalive), openHandshakeTimeout=UPGRADE_TIMEOUT, maskClientFrames=False
+        )  # (no masking: see the module's docstring)
 
     def buildProtocol(self, addr: IAddress | None) -> LinkWebSocketClient | None:
         inner = self.links.buildProtocol(cast(IAddress, addr))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.run import Bench, rr_key  # noqa: E402
 from benchmarks.settings import RR_CLIENTS, RR_SIZES, SELFCHECK  # noqa: E402
-from benchmarks.targets import ssh_unavailable  # noqa: E402
+from benchmarks.targets import ONLY_IN, measured_in, ssh_unavailable  # noqa: E402
 
 #: The self-check takes about a minute on a busy 2-core machine; this is its bound, not its goal.
 SELFCHECK_TIMEOUT = 300
@@ -53,7 +53,7 @@ def test_selfcheck_runs_every_scenario_against_every_target(tmp_path: Path) -> N
     else:
         assert "ssh" in skipped
     targets: list[str] = results["targets"]
-    assert {"shield-ws", "shield-tcp", "direct"} <= set(targets)
+    assert {"shield-ws", "shield-tcp", "shield-tcp-wss", "direct"} <= set(targets)
 
     raw: dict[str, dict[str, list[dict[str, Any]]]] = results["raw"]
     keys = ["bulk_up", "bulk_down", "latency", "conn_rate", "streams", "idle", "stall"]
@@ -61,18 +61,25 @@ def test_selfcheck_runs_every_scenario_against_every_target(tmp_path: Path) -> N
     for key in keys:
         for target in targets:
             reps = raw.get(key, {}).get(target)
+            if not measured_in(target, key):
+                assert reps is None, f"{key} {target}: measured, though only {ONLY_IN[target]} should be"
+                continue
             assert reps, f"{key} {target}: no result"
             for rep in reps:
                 assert "error" not in rep and "incomplete" not in rep, f"{key} {target}: {rep}"
 
     settings = results["settings"]
     assert settings["idle_clients"] > 256, "the self-check must need more than one source address's worth of clients"
-    for target in targets:
+    assert set(ONLY_IN["shield-tcp-wss"]) == {"bulk", "rr"}
+    wss_goals = [goal for goal in results["goals"] if "a wss:// link keeps" in goal["goal"]]
+    assert len(wss_goals) == 5 and all(goal["measured"] != "not measured" for goal in wss_goals), wss_goals
+    for target in (name for name in targets if name != "shield-tcp-wss"):
         for rep in raw["idle"][target]:
             assert rep["established"] == settings["idle_clients"], f"idle {target}: {rep['established']} of {settings['idle_clients']}"
         for rep in raw["stall"][target]:
             assert rep["stalled"] == settings["stall_clients"], f"stall {target}: {rep}"
             assert rep["fresh_ms"] is not None
+    for target in targets:
         for count in RR_CLIENTS:
             for size in RR_SIZES:
                 assert all(rep["round_trips"] > 0 for rep in raw[rr_key(count, size)][target])
