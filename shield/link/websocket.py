@@ -47,6 +47,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamClientEndpoint,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -295,7 +296,7 @@ class LinkWebSocketServer(_LinkMessages, WebSocketServerProtocol):  # type: igno
         self.wasClean = True  # Autobahn would log the drop again
         self.dropConnection(abort=False)
 
-    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         WebSocketServerProtocol.connectionLost(self, reason)
         self._lost(reason)
 
@@ -362,7 +363,7 @@ class LinkWebSocketClient(_LinkMessages, WebSocketClientProtocol):  # type: igno
         if self.state == _STATE_CONNECTING:
             self.ending(f"no answer to the WebSocket upgrade within {UPGRADE_TIMEOUT:g} s")
 
-    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         WebSocketClientProtocol.connectionLost(self, reason)
         self._lost(reason)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import socket
 import sys
 import time
@@ -78,7 +79,16 @@ def test_links_over_wss_and_tls_side_by_side_serve_clients(topology: Topology) -
     with socket.create_connection(("127.0.0.1", topology.port("tcp-echo")), timeout=10) as client:
         assert echo(client, b"over a websocket link\n" * 1000) == "echoed"
     bulk_echo(topology)
-    assert over_wss.stop() == 0
+
+    # A drain over a wss:// link: GoAway, the open tunnel carries on, then the connector exits.
+    with socket.create_connection(("127.0.0.1", topology.port("tcp-echo")), timeout=10) as client:
+        assert echo(client, b"before the drain\n") == "echoed"
+        over_wss.signal(signal.SIGTERM)
+        over_wss.wait_for_log("draining: GoAway on 2 links")
+        time.sleep(0.5)
+        assert echo(client, b"during the drain\n" * 100) == "echoed"
+        assert over_wss.alive()
+    assert over_wss.popen is not None and over_wss.popen.wait(timeout=10) == 0
     assert "Traceback" not in dmz.log() and "Traceback" not in over_wss.log()
 
 
