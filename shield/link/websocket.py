@@ -223,7 +223,9 @@ class _LinkMessages:
         pass  # frames are streamed to the mux as they arrive: nothing is held, nothing to bound
 
     def onMessageFrameData(self, payload: bytes) -> None:
-        if not self.failedByMe and payload:
+        # Once the link is ending (a text message, a refused upgrade), the rest of the read is
+        # not link data: the mux would parse it and name its own error instead of the reason.
+        if self._why is None and not self.failedByMe and payload:
             self.inner.dataReceived(payload)
 
     def onMessageFrameEnd(self) -> None:

@@ -432,6 +432,16 @@ def test_a_text_message_from_the_peer_ends_the_link() -> None:
     link.run()
     assert link.client_inner.aborted == [TEXT_REASON]
     assert ended(link.client_inner.lost) == TEXT_REASON
+    assert link.client_inner.received == [], "the text's payload is not link data"
+
+
+def test_a_text_message_ends_a_mux_link_with_that_reason_not_the_mux_s_parse_error() -> None:
+    link = MuxLink().upgraded()
+    link.server.sendMessage(b"not yamux at all", isBinary=False)  # 'n' would be an unknown yamux version
+    link.run()
+    mux = link.client_mux
+    assert mux.lost_reason is not None
+    assert why_link_ended(mux, mux.lost_reason) == TEXT_REASON
 
 
 # --- 4. how the peer ended the WebSocket ---------------------------------------------------------
