@@ -78,6 +78,7 @@ def test_autobahn_internals_used_by_the_wss_link() -> None:
     for attribute in (
         "self.failedByMe",
         "self.wasNotCleanReason",
+        "self.localCloseReason",
         "self.openHandshakeTimeoutCall",
         "self.wasClean",
     ):

@@ -237,9 +237,12 @@ class _LinkMessages:
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._why is not None:
             return
-        unclean = getattr(self, "wasNotCleanReason", None)
-        if self.failedByMe and unclean:
-            self._why = f"WebSocket protocol error: {unclean}"
+        # This end failed the WebSocket (a frame it refused): the reason is in its close frame
+        # (the peer answers it, so the close is clean), or in why it dropped the connection.
+        said = getattr(self, "wasNotCleanReason", None) or getattr(self, "localCloseReason", None)
+        if self.failedByMe and said:
+            said = said.decode("utf-8", "replace") if isinstance(said, bytes) else said
+            self._why = f"WebSocket protocol error: {said}"
         elif code is not None and code not in _NO_NEWS:
             self._why = f"the peer closed the WebSocket ({code}{': ' + reason if reason else ''})"
 

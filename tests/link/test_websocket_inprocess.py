@@ -444,6 +444,16 @@ def test_a_text_message_ends_a_mux_link_with_that_reason_not_the_mux_s_parse_err
     assert why_link_ended(mux, mux.lost_reason) == TEXT_REASON
 
 
+def test_a_frame_the_websocket_refuses_ends_the_link_as_a_websocket_protocol_error() -> None:
+    link = Link().upgraded()
+    link.server_io.write(b"\xf2\x01x")  # a binary frame with all three reserved bits set
+    link.run()
+    why = ended(link.client_inner.lost)
+    assert why.startswith("WebSocket protocol error: ") and "RSV" in why, why
+    assert link.client_inner.received == []
+    assert ended(link.server_inner.lost).startswith("the peer closed the WebSocket (1002: RSV"), "and the DMZ hears why"
+
+
 # --- 4. how the peer ended the WebSocket ---------------------------------------------------------
 
 
