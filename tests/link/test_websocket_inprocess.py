@@ -10,6 +10,8 @@ text message, the peer's close codes, the upgrade timeout, and the transport the
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import struct
 from typing import Any, Iterator, Self
 
@@ -555,6 +557,58 @@ def test_the_timeout_after_the_upgrade_does_nothing() -> None:
     link = Link().upgraded()
     link.client.onOpenHandshakeTimeout()
     assert link.client_inner.aborted == []
+
+
+def answer_upgrade(client: LinkWebSocketClient, transport: StringTransport, protocol: str | None = SUBPROTOCOL) -> bytes:
+    """A DMZ's 101 to the request ``client`` wrote to ``transport`` (which is cleared)."""
+    request = transport.value().decode()
+    transport.clear()
+    (key,) = [line.split(":", 1)[1].strip() for line in request.split("\r\n") if line.lower().startswith("sec-websocket-key:")]
+    accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Accept: {accept}"]
+    if protocol is not None:
+        lines.append(f"Sec-WebSocket-Protocol: {protocol}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_an_answer_that_does_not_select_the_subprotocol_ends_the_link_and_nothing_after_it_is_delivered() -> None:
+    clock = MemoryReactorClock()
+    client, transport = client_alone(clock)
+    inner: Inner = client.inner  # type: ignore[assignment]
+    client.dataReceived(answer_upgrade(client, transport, protocol=None) + b"\x82\x05hello")
+    assert inner.aborted == [f"the DMZ's answer to the WebSocket upgrade did not select {SUBPROTOCOL}"]
+    assert inner.received == []
+    assert transport.disconnecting
+
+
+class Producing(StringTransport):
+    """A transport with the mux registered as its producer (Autobahn unregisters it when it drops)."""
+
+    def __init__(self) -> None:
+        super().__init__(hostAddress=CONNECTOR, peerAddress=DMZ)
+        self.registerProducer(Protocol(), True)
+
+
+def test_unanswered_websocket_pings_end_the_link() -> None:
+    clock = MemoryReactorClock()
+    txaio.config.loop = clock
+    factory = _LinkWebSocketClientFactory(Factory.forProtocol(Inner), "wss://dmz.example:8443/shield", KeepaliveSettings(5, 3))
+    client = factory.buildProtocol(DMZ)
+    assert isinstance(client, LinkWebSocketClient)
+    transport = Producing()
+    client.makeConnection(transport)
+    inner: Inner = client.inner  # type: ignore[assignment]
+    client.dataReceived(answer_upgrade(client, transport))
+    assert client.state == LinkWebSocketClient.STATE_OPEN
+
+    clock.advance(5)
+    assert [opcode for opcode, _, _ in frames(transport.value())] == [0x9], "a ping at the keepalive interval"
+    clock.advance(5 * 4 - 0.5)  # the ping's answer may take (misses + 1) intervals
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting and inner.aborted == []
+    client.connectionLost(Failure(error.ConnectionAborted()))
+    assert ended(inner.lost) == "no answer to a WebSocket ping in time"
 
 
 # --- 6. MessagePipe ------------------------------------------------------------------------------
