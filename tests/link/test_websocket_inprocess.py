@@ -20,6 +20,7 @@ import txaio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import error
+from twisted.internet.defer import succeed
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -32,6 +33,7 @@ from shield.link.websocket import (
     SUBPROTOCOL,
     UPGRADE_TIMEOUT,
     LinkWebSocketClient,
+    LinkWebSocketEndpoint,
     LinkWebSocketServer,
     LinkWebSocketServerFactory,
     MessagePipe,
@@ -635,8 +637,8 @@ class Below(StringTransport):
         self.no_delay.append(enabled)
 
 
-def piped() -> tuple[MessagePipe, Below, LinkWebSocketServer]:
-    factory = LinkWebSocketServerFactory(Factory.forProtocol(Inner), Uri("wss", "dmz", 8443, "/shield"), NO_PINGS, print)
+def piped(inner: Any = Inner) -> tuple[MessagePipe, Below, LinkWebSocketServer]:
+    factory = LinkWebSocketServerFactory(Factory.forProtocol(inner), Uri("wss", "dmz", 8443, "/shield"), NO_PINGS, print)
     server = factory.buildProtocol(CONNECTOR)
     assert isinstance(server, LinkWebSocketServer)
     below = Below()
@@ -706,3 +708,66 @@ def test_lose_connection_before_the_upgrade_closes_the_connection() -> None:
     link.run()
     assert link.client_inner.lost is not None and not isinstance(link.client_inner.lost.value, WebSocketEnded)
     assert link.server_inner.received == []
+
+
+class Listening(Inner):
+    """An inner protocol that hears of TLS's handshake and read batches, as the mux does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    def handshakeCompleted(self) -> None:
+        self.events.append("handshake")
+
+    def begin_batch(self) -> None:
+        self.events.append("begin")
+
+    def end_batch(self) -> None:
+        self.events.append("end")
+
+
+def test_tls_handshake_and_read_batches_reach_the_protocol_above() -> None:
+    _, _, server = piped(Listening)
+    inner: Listening = server.inner  # type: ignore[assignment]
+    server.handshakeCompleted()
+    server.begin_batch()
+    server.end_batch()
+    assert inner.events == ["handshake", "begin", "end"]
+    _, _, plain = piped(Inner)  # a protocol without them is fine too
+    plain.handshakeCompleted()
+    plain.begin_batch()
+    plain.end_batch()
+
+
+def test_a_link_factory_that_refuses_refuses_the_connection() -> None:
+    refusing = Factory()
+    refusing.buildProtocol = lambda addr: None  # type: ignore[method-assign]
+    factory = LinkWebSocketServerFactory(refusing, Uri("wss", "dmz", 8443, "/shield"), NO_PINGS, print)
+    assert factory.buildProtocol(CONNECTOR) is None
+
+
+class Dialled:
+    """A TLS endpoint that connects at once, to an in-memory transport."""
+
+    def __init__(self) -> None:
+        self.transport = StringTransport(hostAddress=CONNECTOR, peerAddress=DMZ)
+
+    def connect(self, factory: Any) -> Any:
+        protocol = factory.buildProtocol(DMZ)
+        protocol.makeConnection(self.transport)
+        return succeed(protocol)
+
+
+def test_the_endpoint_dials_the_upgrade_and_gives_the_dialler_its_own_protocol() -> None:
+    txaio.config.loop = MemoryReactorClock()
+    tls = Dialled()
+    endpoint = LinkWebSocketEndpoint(tls, Uri("wss", "dmz.example", 8443, "/backplane"), NO_PINGS)  # type: ignore[arg-type]
+    connected: list[object] = []
+    endpoint.connect(Factory.forProtocol(Inner)).addCallback(connected.append)
+    (inner,) = connected
+    assert isinstance(inner, Inner) and isinstance(inner.transport, MessagePipe)
+    request = tls.transport.value().decode()
+    assert request.startswith("GET /backplane HTTP/1.1\r\n")
+    assert "Host: dmz.example:8443\r\n" in request and f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n" in request
+    assert "User-Agent: shield-link\r\n" in request
