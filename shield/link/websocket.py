@@ -238,8 +238,9 @@ class _LinkMessages:
         if self._why is not None:
             return
         # This end failed the WebSocket (a frame it refused): the reason is in its close frame
-        # (the peer answers it, so the close is clean), or in why it dropped the connection.
-        said = getattr(self, "wasNotCleanReason", None) or getattr(self, "localCloseReason", None)
+        # (whether the peer answered it, a clean close, or not, a closing-handshake timeout), or
+        # in why it dropped the connection.
+        said = getattr(self, "localCloseReason", None) or getattr(self, "wasNotCleanReason", None)
         if self.failedByMe and said:
             said = said.decode("utf-8", "replace") if isinstance(said, bytes) else said
             self._why = f"WebSocket protocol error: {said}"

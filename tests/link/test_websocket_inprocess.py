@@ -30,6 +30,7 @@ from twisted.test import iosim
 from shield.config.model import KeepaliveSettings, Uri
 from shield.link.roles import why_link_ended
 from shield.link.websocket import (
+    CLOSE_TIMEOUT,
     SUBPROTOCOL,
     UPGRADE_TIMEOUT,
     LinkWebSocketClient,
@@ -456,6 +457,19 @@ def test_a_frame_the_websocket_refuses_ends_the_link_as_a_websocket_protocol_err
     assert why.startswith("WebSocket protocol error: ") and "RSV" in why, why
     assert link.client_inner.received == []
     assert ended(link.server_inner.lost).startswith("the peer closed the WebSocket (1002: RSV"), "and the DMZ hears why"
+
+
+def test_a_refused_frame_is_the_reason_even_when_the_peer_never_answers_the_close() -> None:
+    clock = MemoryReactorClock()
+    client, transport = client_alone(clock)
+    inner: Inner = client.inner  # type: ignore[assignment]
+    transport.registerProducer(Protocol(), True)  # as the mux does (Autobahn unregisters it when it drops)
+    client.dataReceived(answer_upgrade(client, transport) + b"\xf2\x01x")
+    assert [opcode for opcode, _, _ in frames(transport.value())] == [OP_CLOSE]
+    clock.advance(CLOSE_TIMEOUT + 1)  # the closing handshake's time runs out: Autobahn drops the connection
+    assert transport.disconnecting
+    client.connectionLost(Failure(error.ConnectionAborted()))
+    assert ended(inner.lost) == "WebSocket protocol error: RSV = 7 and no extension negotiated"
 
 
 # --- 4. how the peer ended the WebSocket ---------------------------------------------------------
