@@ -64,6 +64,29 @@ def test_autobahn_internals_used_by_the_ws_frontplane() -> None:
         ), name
 
 
+def test_autobahn_internals_used_by_the_wss_link() -> None:
+    """shield/link/websocket.py replaces dataReceived and sendData (tests/link/test_autobahn_link_adapter.py
+    pins how), reads why this end failed or dropped the WebSocket, and turns the upgrade timeout
+    into a reason of its own."""
+    from autobahn.twisted.websocket import WebSocketAdapterProtocol
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    assert "self._dataReceived(data)" in source(WebSocketAdapterProtocol.dataReceived)
+    assert callable(getattr(WebSocketProtocol, "_dataReceived", None))
+    assert "self.send_queue" in source(WebSocketProtocol.sendData)
+    protocol = source(WebSocketProtocol)
+    for attribute in (
+        "self.failedByMe",
+        "self.wasNotCleanReason",
+        "self.localCloseReason",
+        "self.openHandshakeTimeoutCall",
+        "self.wasClean",
+    ):
+        assert attribute in protocol, attribute
+    for name in ("dropConnection", "onOpenHandshakeTimeout", "onAutoPingTimeout"):
+        assert callable(getattr(WebSocketProtocol, name, None)), name
+
+
 def test_pyopenssl_binding_used_for_verify_error_texts() -> None:
     """shield/tls/contexts.py verify_error_text (with a fallback table if the binding goes)."""
     from OpenSSL._util import ffi, lib

@@ -224,7 +224,9 @@ class _LinkMessages:
         pass  # frames are streamed to the mux as they arrive: nothing is held, nothing to bound
 
     def onMessageFrameData(self, payload: bytes) -> None:
-        if not self.failedByMe and payload:
+        # Once the link is ending (a text message, a refused upgrade), the rest of the read is
+        # not link data: the mux would parse it and name its own error instead of the reason.
+        if self._why is None and not self.failedByMe and payload:
             self.inner.dataReceived(payload)
 
     def onMessageFrameEnd(self) -> None:
@@ -236,9 +238,13 @@ class _LinkMessages:
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._why is not None:
             return
-        unclean = getattr(self, "wasNotCleanReason", None)
-        if self.failedByMe and unclean:
-            self._why = f"WebSocket protocol error: {unclean}"
+        # This end failed the WebSocket (a frame it refused): the reason is in its close frame
+        # (whether the peer answered it, a clean close, or not, a closing-handshake timeout), or
+        # in why it dropped the connection.
+        said = getattr(self, "localCloseReason", None) or getattr(self, "wasNotCleanReason", None)
+        if self.failedByMe and said:
+            said = said.decode("utf-8", "replace") if isinstance(said, bytes) else said
+            self._why = f"WebSocket protocol error: {said}"
         elif code is not None and code not in _NO_NEWS:
             self._why = f"the peer closed the WebSocket ({code}{': ' + reason if reason else ''})"
 
