@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from enum import Enum, auto
 from ipaddress import IPv4Network, IPv6Network, IPv6Address as IPv6, ip_address
 from typing import Any, ClassVar
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IProducer, IProtocol, IProtocolFactory
@@ -69,17 +70,39 @@ def twisted_address(end: Endpoint) -> IPv4Address | IPv6Address:
     return IPv6Address("TCP", end.host, end.port)
 
 
+class Delivery(TypingProtocol):
+    """Where a connection's events go: the protocol that has it (a ``Handover``'s ``inner``)."""
+
+    inner: IProtocol | None
+
+
 @implementer(IStreamTransport)
 class RelayedTransport:
     """The socket's transport, seen from the header's ends: ``getPeer`` is the client (the
     header's source), ``getHost`` the address the load balancer accepted it on; the rest is the
     socket's. ``transport`` is the socket's own, for what looks under wrappers (the OS socket,
-    TCP_NODELAY, TLS)."""
+    TCP_NODELAY, TLS). ``protocol`` is the protocol its events go to, as on a socket: setting it
+    hands the connection to another (Autobahn does, from twisted.web's channel to WebSocket)."""
 
-    def __init__(self, transport: IStreamTransport, peer: IPv4Address | IPv6Address, host: IPv4Address | IPv6Address) -> None:
+    def __init__(
+        self,
+        transport: IStreamTransport,
+        peer: IPv4Address | IPv6Address,
+        host: IPv4Address | IPv6Address,
+        delivery: Delivery,
+    ) -> None:
         self.transport = transport
         self._peer = peer
         self._host = host
+        self._delivery = delivery
+
+    @property
+    def protocol(self) -> IProtocol | None:
+        return self._delivery.inner
+
+    @protocol.setter
+    def protocol(self, protocol: IProtocol) -> None:
+        self._delivery.inner = protocol
 
     def getPeer(self) -> IPv4Address | IPv6Address:
         return self._peer
@@ -257,7 +280,7 @@ class ProxyDoor(Handover):
         peer = self.peer
         if header.source is not None and header.destination is not None:
             source = twisted_address(header.source)
-            transport = RelayedTransport(self.transport, source, twisted_address(header.destination))
+            transport = RelayedTransport(self.transport, source, twisted_address(header.destination), self)
             peer = source
         inner = self.door.wrapped.buildProtocol(peer)
         if inner is None:
