@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import ssl
 import time
@@ -25,7 +26,7 @@ import pytest
 from harness import Process, Topology, echo, http_get
 from websockets.asyncio.client import connect
 
-from shield.proxy_protocol.build import build_v2
+from shield.proxy_protocol.build import build_v1, build_v2
 from shield.proxy_protocol.header import Endpoint, ProxyHeader
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -129,6 +130,14 @@ def client_socket(port: int) -> socket.socket:
     sock.bind((CLIENT_HOST, 0))
     sock.connect(("127.0.0.1", port))
     return sock
+
+
+def closed_unanswered(sock: socket.socket) -> bool:
+    """The DMZ closed (or cut) the connection without sending a byte."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
 
 
 def read_answer(sock: socket.socket) -> bytes:
@@ -257,13 +266,9 @@ def test_refused_headers_are_one_line_each(topology: Topology) -> None:
         sock.bind((host, 0))
         sock.connect(("127.0.0.1", port))
         started = time.monotonic()
-        try:
+        with sock:
             sock.sendall(data)
-            assert sock.recv(100) == b""  # closed, nothing said
-        except ConnectionResetError:
-            pass  # cut (RST)
-        finally:
-            sock.close()
+            assert closed_unanswered(sock)
         return time.monotonic() - started
 
     refused_from("127.0.0.1", b"hello, no header\r\n")
@@ -299,3 +304,37 @@ def test_refused_headers_are_one_line_each(topology: Topology) -> None:
         "proxy_protocol_timeout": "1.0",
         "proxy_protocol_unexpected": "1.0",
     }, metrics
+
+
+def test_a_reload_applies_a_changed_list_to_new_connections(topology: Topology) -> None:
+    topology.certs(["internal1"])
+    _, backend = topology.start_backend("echo")
+
+    def dmz_config(networks: list[str]) -> None:
+        topology.dmz_config(
+            {"app": {"accept": [f"tcp://127.0.0.1:{topology.port('dmz-tcp')}"], "proxy-protocol-from": networks}},
+            {"internal1": ["app"]},
+        )
+
+    dmz_config(["192.0.2.0/24"])  # not the clients' address: plain clients are served as they are
+    topology.internal_config("internal1", {"app": f"tcp://127.0.0.1:{backend}"})
+    dmz = topology.start_dmz()
+    topology.start_connector("internal1")
+    topology.dmz_ready()
+    port = topology.port("dmz-tcp")
+    kept = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+    assert echo(kept, b"before\n") == "echoed"
+
+    dmz_config(["127.0.0.0/8"])
+    dmz.signal(signal.SIGHUP)
+    dmz.wait_for_log("reloaded")
+    header = build_v1(ProxyHeader(Endpoint.of("203.0.113.7", 4242), Endpoint.of("192.0.2.1", 443)))
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
+        sock.sendall(header)
+        assert echo(sock, b"after, behind a load balancer\n") == "echoed"
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
+        sock.sendall(b"plain\n")
+        assert closed_unanswered(sock)
+    dmz.wait_for_log("bad PROXY protocol header")
+    assert echo(kept, b"the connection from before keeps its way\n") == "echoed"
+    kept.close()
