@@ -10,7 +10,9 @@ public port, or the load balancer's, as its header says). IPs are written as Pyt
 
 ``ends_metadata`` writes them (only for an end that is an IP address and a port);
 ``client_ends`` reads them back into a ``ProxyHeader``, or says why it cannot (an OPEN from an
-older DMZ has none).
+older DMZ has none). A client whose accepted end the DMZ does not know (one a balancer forwarded
+from another member: the member sees a cluster stream) gets the unspecified address of its
+family and port 0 as destination, so the backend still learns the client.
 """
 
 from __future__ import annotations
@@ -51,13 +53,17 @@ def ends_metadata(client: Endpoint | None, accepted: Endpoint | None) -> tuple[t
 def client_ends(metadata: Iterable[tuple[str, str]]) -> ProxyHeader | str:
     """The header for the client's two ends, or why there is none (the problem, for a log)."""
     values = dict(metadata)
-    missing = [key for key in (CLIENT_IP, CLIENT_PORT, ACCEPTED_IP, ACCEPTED_PORT) if key not in values]
+    missing = [key for key in (CLIENT_IP, CLIENT_PORT) if key not in values]
     if missing:
         return f"the OPEN has no {', '.join(missing)} (a DMZ older than these metadata, or a client that is not on IP)"
     client = _endpoint(values[CLIENT_IP], values[CLIENT_PORT])
-    accepted = _endpoint(values[ACCEPTED_IP], values[ACCEPTED_PORT])
-    if client is None or accepted is None:
-        return "the OPEN's client-ip/client-port or accepted-ip/accepted-port are not an IP address and a port"
+    if client is None:
+        return "the OPEN's client-ip and client-port are not an IP address and a port"
+    if ACCEPTED_IP not in values and ACCEPTED_PORT not in values:
+        return ProxyHeader(client, Endpoint(ip_address("0.0.0.0" if client.address.version == 4 else "::"), 0))
+    accepted = _endpoint(values.get(ACCEPTED_IP, ""), values.get(ACCEPTED_PORT, ""))
+    if accepted is None:
+        return "the OPEN's accepted-ip and accepted-port are not an IP address and a port"
     return ProxyHeader(client, accepted)
 
 

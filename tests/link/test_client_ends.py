@@ -37,9 +37,19 @@ def test_the_keys_as_documented() -> None:
 
 def test_an_older_dmz_sends_none_and_the_reason_says_so() -> None:
     why = client_ends((("transport", "ws"), ("path", "/echo")))
-    assert isinstance(why, str) and "no client-ip, client-port, accepted-ip, accepted-port" in why
-    only_client = ends_metadata(Endpoint.of("192.0.2.1", 1), None)
-    assert "no accepted-ip, accepted-port" in str(client_ends(only_client))
+    assert isinstance(why, str) and "no client-ip, client-port" in why
+    assert "no client-ip, client-port" in str(client_ends(ends_metadata(None, Endpoint.of("192.0.2.1", 1))))
+
+
+def test_an_unknown_accepted_end_is_the_unspecified_address() -> None:
+    # a client a balancer forwarded from another member: the member knows only the client
+    assert client_ends(ends_metadata(Endpoint.of("192.0.2.1", 1), None)) == ProxyHeader(
+        Endpoint.of("192.0.2.1", 1), Endpoint.of("0.0.0.0", 0)
+    )
+    assert client_ends(ends_metadata(Endpoint.of("2001:db8::1", 1), None)) == ProxyHeader(
+        Endpoint.of("2001:db8::1", 1), Endpoint.of("::", 0)
+    )
+    assert isinstance(client_ends((("client-ip", "192.0.2.1"), ("client-port", "1"), ("accepted-port", "2"))), str)
 
 
 @given(st.text(max_size=40), st.text(max_size=8))
