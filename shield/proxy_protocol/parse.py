@@ -10,12 +10,13 @@ v2 (a longer v2 block is refused from its 16-byte preamble, before any of it is 
 
 Why hand-written: Twisted has ``twisted.protocols.haproxy``, but its parsers are private
 (``_v1parser.V1Parser``, ``_v2parser.V2Parser``), and its public ``HAProxyProtocolWrapper``
-(``_wrapper.py``) chooses the parser from the *first* ``dataReceived`` alone: unless that first
-read holds at least 16 bytes starting with the v2 signature (and a version nibble of 2), or at
-least 8 bytes starting with ``PROXY``, it calls ``loseConnection`` — so a header split by the
-network after its first few bytes drops a valid connection. It also connects the wrapped protocol
-before the header is read (``ProtocolWrapper.makeConnection``), so ``connectionMade`` sees the
-socket's peer, not the header's, and it has no deadline for a header that never completes.
+(``_wrapper.py``, as of the installed Twisted 26.10) chooses the parser from the *first*
+``dataReceived`` alone: unless that first read holds at least 16 bytes starting with the 12-byte
+v2 signature and a version nibble of 2, or at least 8 bytes starting with ``PROXY``, it calls
+``loseConnection`` — so a valid header whose first read is shorter (split by the network, or
+sent a byte at a time) drops the connection. It also connects the wrapped protocol before the
+header is read (``ProtocolWrapper.makeConnection``), so ``connectionMade`` sees the socket's
+peer, not the header's, and it has no deadline for a header that never completes.
 
 ``header_start`` answers the other question the DMZ has: could a connection's first bytes be a
 header (from a peer not allowed to send one)?
