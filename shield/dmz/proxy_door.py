@@ -140,17 +140,18 @@ class RelayedTransport:
     def unregisterProducer(self) -> None:
         self.transport.unregisterProducer()
 
+    # TCP options: the socket's, when the transport under it has them (a test double may not)
     def getTcpNoDelay(self) -> bool:
-        return self.transport.getTcpNoDelay()
+        return bool(getattr(self.transport, "getTcpNoDelay", lambda: False)())
 
     def setTcpNoDelay(self, enabled: bool) -> None:
-        self.transport.setTcpNoDelay(enabled)
+        getattr(self.transport, "setTcpNoDelay", lambda enabled: None)(enabled)
 
     def getTcpKeepAlive(self) -> bool:
-        return self.transport.getTcpKeepAlive()
+        return bool(getattr(self.transport, "getTcpKeepAlive", lambda: False)())
 
     def setTcpKeepAlive(self, enabled: bool) -> None:
-        self.transport.setTcpKeepAlive(enabled)
+        getattr(self.transport, "setTcpKeepAlive", lambda enabled: None)(enabled)
 
     def getHandle(self) -> Any:
         return getattr(self.transport, "getHandle")()

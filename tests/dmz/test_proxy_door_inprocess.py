@@ -21,7 +21,8 @@ from shield.dmz.proxy_door import ProxyDoor, ProxyHeaderFactory, RelayedTranspor
 from shield.link.client_ends import client_ends
 from shield.proxy_protocol.build import build_v1, build_v2
 from shield.proxy_protocol.header import Endpoint, ProxyHeader
-from tests.dmz.dmz_world_inprocess import Front, LogLines, Pipe, capture_log
+from shield.dmz.frontplane_ws import websocket_site
+from tests.dmz.dmz_world_inprocess import Front, LogLines, Pipe, WsClient, capture_log, upgrade_request
 
 LB = "10.0.0.2"
 CLIENT = Endpoint.of("203.0.113.9", 5555)
@@ -220,3 +221,24 @@ def test_undecided_bytes_go_on_after_the_deadline_or_at_the_end_of_input() -> No
     other.feed_eof()
     door.world.run()
     assert bytes(door.front.backends[1].sent) == b"PROX"
+
+
+def test_a_websocket_client_behind_the_header_is_upgraded_and_served_as_the_headers_source() -> None:
+    door = Door()
+    site = websocket_site([("/echo", door.front.front, "ws://0.0.0.0:9000/echo")], door.front.gate)
+    door.factory.wrapped = site  # the port's factory: a ws:// site
+    pipe = door.connect()
+    client = WsClient(pipe)
+    client.send(build_v1(HEADER) + upgrade_request("/echo"))
+    door.world.run()
+    client.read()
+    assert client.upgraded, (client.status, client.body)
+    (request,) = door.opens
+    assert request.client == "203.0.113.9:5555"
+    assert client_ends(request.metadata) == HEADER
+    # Autobahn took the connection from twisted.web: events now reach the WebSocket protocol
+    client.send_message(b"through")
+    door.world.run()
+    (backend,) = door.front.backends
+    assert bytes(backend.sent) == b"through"
+    assert dict(door.front.gate.per_source) == {("", "203.0.113.9"): 1, ("echo", "203.0.113.9"): 1}
