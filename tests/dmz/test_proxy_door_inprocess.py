@@ -17,7 +17,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 
 from shield.config.model import ClientLimits
-from shield.dmz.proxy_door import ProxyDoor, ProxyHeaderFactory, RelayedTransport
+from shield.dmz.proxy_door import ProxyDoor, ProxyHeaderFactory, RelayedTransport, trusted
 from shield.link.client_ends import client_ends
 from shield.proxy_protocol.build import build_v1, build_v2
 from shield.proxy_protocol.header import Endpoint, ProxyHeader
@@ -242,3 +242,19 @@ def test_a_websocket_client_behind_the_header_is_upgraded_and_served_as_the_head
     (backend,) = door.front.backends
     assert bytes(backend.sent) == b"through"
     assert dict(door.front.gate.per_source) == {("", "203.0.113.9"): 1, ("echo", "203.0.113.9"): 1}
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("10.1.2.3", True),
+        ("11.0.0.1", False),
+        ("::ffff:10.1.2.3", True),  # a dual-stack listener's IPv4 peer
+        ("2001:db8::7", True),
+        ("2001:db9::7", False),
+        ("not-an-address", False),
+    ],
+)
+def test_who_may_send_a_header(host: str, expected: bool) -> None:
+    networks = [ip_network("10.0.0.0/8"), ip_network("2001:db8::/32")]
+    assert trusted(IPv4Address("TCP", host, 1), networks) is expected
