@@ -258,3 +258,15 @@ def test_a_websocket_client_behind_the_header_is_upgraded_and_served_as_the_head
 def test_who_may_send_a_header(host: str, expected: bool) -> None:
     networks = [ip_network("10.0.0.0/8"), ip_network("2001:db8::/32")]
     assert trusted(IPv4Address("TCP", host, 1), networks) is expected
+
+
+def test_an_ipv6_client_behind_an_ipv4_load_balancer() -> None:
+    door = Door()
+    pipe = door.connect()
+    six = ProxyHeader(Endpoint.of("2001:db8::9", 5555), Endpoint.of("2001:db8::80", 443))
+    pipe.feed(build_v2(six))
+    door.world.run()
+    (request,) = door.opens
+    assert request.client == "[2001:db8::9]:5555"
+    assert client_ends(request.metadata) == six
+    assert ("echo", "2001:db8::9") in door.front.gate.per_source
