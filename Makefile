@@ -78,12 +78,12 @@ bench: venv debian-bench-deps $(BIN)/.bench-installed
 
 .PHONY: fuzz
 # Coverage-guided fuzzing (atheris + libFuzzer, installed by the test extra) of the yamux frame
-# parser and the shield-link messages (OPEN/OPEN_REPLY, ANNOUNCE/ANNOUNCE_REPLY), FUZZ_SECONDS
-# each: `make fuzz FUZZ_SECONDS=600`. The corpus grows in build/fuzz/NAME/corpus from seeds the
+# parser, the shield-link messages (OPEN/OPEN_REPLY, ANNOUNCE/ANNOUNCE_REPLY) and the PROXY
+# protocol header reader, FUZZ_SECONDS each: `make fuzz FUZZ_SECONDS=600`. The corpus grows in build/fuzz/NAME/corpus from seeds the
 # harnesses write; a crash leaves build/fuzz/NAME/crash-*, replayed by `python fuzz/fuzz_NAME.py
 # FILE`. `make test` runs each harness briefly (tests/fuzz). See docs/protocol.md, "Fuzzing".
 FUZZ_SECONDS ?= 60
-FUZZ_HARNESSES := frames open_header
+FUZZ_HARNESSES := frames open_header proxy_header
 FUZZ_DIR := build/fuzz
 
 fuzz: venv

@@ -23,9 +23,11 @@ class Handover(Protocol):
 
     inner: IProtocol | None = None
 
-    def hand_to(self, inner: IProtocol, initial: bytes = b"") -> None:
+    def hand_to(self, inner: IProtocol, initial: bytes = b"", transport: IStreamTransport | None = None) -> None:
+        """``inner`` takes the connection, on ``transport`` (a view of this one: the socket's
+        own, unless given) and sees ``initial`` first."""
         self.inner = inner
-        inner.makeConnection(self.transport)
+        inner.makeConnection(self.transport if transport is None else transport)
         if initial and self.inner is not None:
             inner.dataReceived(initial)
 

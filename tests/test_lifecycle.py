@@ -19,6 +19,7 @@ from shield.cluster.link import ForwardEvent, ForwardState, ForwardStream
 from shield.dmz.balancer import BalancedClientEvent, BalancedClientState, _BalancedClient
 from shield.dmz.frontplane_tcp import PublicTcpProtocol, TcpClientEvent, TcpClientState
 from shield.dmz.frontplane_ws import PublicWebSocketProtocol, WsClientEvent, WsClientState
+from shield.dmz.proxy_door import DoorEvent, DoorState, ProxyDoor
 from shield.dmz.tunnel import TunnelEvent, TunnelState, TunnelStream
 from shield.internal.backend import BackendStream, BackendStreamEvent, BackendStreamState
 from shield.lifecycle import Lifecycle, StateError
@@ -33,6 +34,7 @@ LIFECYCLES: list[tuple[type, type[Enum], type[Enum]]] = [
     (PublicTcpProtocol, TcpClientState, TcpClientEvent),
     (PublicWebSocketProtocol, WsClientState, WsClientEvent),
     (_BalancedClient, BalancedClientState, BalancedClientEvent),
+    (ProxyDoor, DoorState, DoorEvent),
 ]
 
 _RULE = re.compile(r"^=+(?: +=+){2,}$")

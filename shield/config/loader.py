@@ -45,6 +45,7 @@ from shield.config.model import (
     InternalService,
     KeepaliveSettings,
     ProxyAuth,
+    ProxyProtocolVersion,
     ServiceType,
     Uri,
 )
@@ -806,6 +807,7 @@ def _dmz_service(
         balance=balance,
         limits=_limits(table, dataclasses.replace(gateway_limits, max_connections=_default(ClientLimits, "max_connections"))),
         **_auth(table, schemes, kind),
+        proxy_protocol_from=_networks(table, "proxy-protocol-from"),
     )
     return service, [path for _, path in accepts]
 
@@ -893,6 +895,30 @@ def _balance(table: _Table, schemes: set[str]) -> tuple[Uri, ...]:
     return tuple(found)
 
 
+def _networks(table: _Table, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """CIDRs (``10.0.0.0/8``, ``2001:db8::/32``; an address alone is one host); empty: none."""
+    if not table.has(key):
+        return ()
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for text, path in table.strings(key, empty=True):
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError as error:
+            why = "host bits set" if "has host bits set" in str(error) else "not an IPv4 or IPv6 network"
+            raise ConfigError(path, f"bad CIDR {text!r}: {why} (expected e.g. '10.0.0.0/8' or '2001:db8::/32')") from None
+        if network in networks:
+            raise ConfigError(path, f"{network} is listed twice")
+        networks.append(network)
+    return tuple(networks)
+
+
+def _proxy_protocol(table: _Table) -> ProxyProtocolVersion | None:
+    """``proxy-protocol``: "v1" or "v2"; absent: no header toward the backend."""
+    if not table.has("proxy-protocol"):
+        return None
+    return _choice(table, "proxy-protocol", ProxyProtocolVersion.V1)
+
+
 def _origins(table: _Table) -> tuple[str, ...]:
     """Origins a browser may connect from: ``*``, or patterns like ``https://*.example.com``."""
     if not table.has("allow-origin"):
@@ -915,6 +941,7 @@ class _Listener:
     owner: str  # "service 'echo'", "the backplane", "the admin endpoint"
     cert: Path | None = None
     client_ca: Path | None = None  # auth = "mtls": the TLS handshake asks for a client certificate
+    proxy_protocol_from: frozenset[ipaddress.IPv4Network | ipaddress.IPv6Network] = frozenset()
 
 
 def _fixed_listeners(
@@ -935,7 +962,7 @@ def _fixed_listeners(
 def _service_listeners(service: DmzService, paths: list[str]) -> list[_Listener]:
     owner = f"service {service.name!r}"
     return [
-        _Listener(uri, path, owner, service.cert, service.client_ca)
+        _Listener(uri, path, owner, service.cert, service.client_ca, frozenset(service.proxy_protocol_from))
         for uri, path in zip(service.accept, paths)
     ]
 
@@ -977,6 +1004,12 @@ def _conflict(current: _Listener, earlier: _Listener) -> str | None:
                 f"{a} shares its listener with {b} of {where} but not its client certificate "
                 "check (auth = \"mtls\" and client-ca must be the same: the TLS handshake "
                 "comes before the path is known)"
+            )
+        if current.proxy_protocol_from != earlier.proxy_protocol_from:
+            return (
+                f"{a} shares its listener with {b} of {where} but not its proxy-protocol-from "
+                "(the PROXY header is read before the request, so before the path is known: "
+                "give both services the same list)"
             )
         return None
     return f"{a} conflicts with {b} of {where}: they cannot share one port"
@@ -1116,6 +1149,7 @@ def _internal_service(table: _Table, name: str) -> InternalService:
         ca=table.file("ca") if table.has("ca") else None,
         server_name=_server_name(table, "server-name") if table.has("server-name") else None,
         **_health(table, connect),
+        proxy_protocol=_proxy_protocol(table),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from shield.config.schema import inline, key, not_in_file, table, tables
@@ -51,6 +52,13 @@ class AuthKind(StrEnum):
     NONE = "none"
     TOKEN = "token"  # Bearer / access_token
     MTLS = "mtls"  # client certificate
+
+
+class ProxyProtocolVersion(StrEnum):
+    """``proxy-protocol`` of an ``[[internal.service]]``: the PROXY header sent to the backend."""
+
+    V1 = "v1"  # text
+    V2 = "v2"  # binary
 
 
 class HealthCheck(StrEnum):
@@ -118,6 +126,9 @@ class DmzService:
     client_ca: Path | None = None  # CA of client certificates (auth = "mtls")
     # max-connections, ... in the service's own table
     limits: ClientLimits = field(default=ClientLimits(), metadata=inline())
+    # load balancers whose connections must start with a PROXY protocol header (v1 or v2), whose
+    # source is then the client's address; empty: no header is accepted from anyone
+    proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @property
     def is_balancer(self) -> bool:
@@ -210,6 +221,8 @@ class InternalService:
     health_fall: int = 3  # consecutive failures that take an up backend down
     health_path: str = "/"  # http checks: the path to GET
     health_status: int = 200  # http checks: the status that means healthy
+    # a PROXY protocol header (v1 or v2) written to the backend before any byte; None: none
+    proxy_protocol: ProxyProtocolVersion | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,7 +163,7 @@ class PublicTcpProtocol(RelayedProtocol):
     def _open_tunnel(self) -> None:
         self._transition(TcpClientEvent.OPEN)
         self.transport.pauseProducing()
-        self._opening = self.front.open(self.client, self.kind)
+        self._opening = self.front.open(self.client, self.kind, peer=self.transport.getPeer(), host=self.transport.getHost())
         self._opening.addCallbacks(self._opened, self._refused)
 
     def _opened(self, tunnel: TunnelStream) -> None:

@@ -252,7 +252,7 @@ class PublicWebSocketProtocol(WebSocketServerProtocol):
         if origin is not None:
             extra += (("origin", origin),)
         self._life.fire(WsClientEvent.OPEN)
-        opening = self.front.open(self.client, "ws", extra)
+        opening = self.front.open(self.client, "ws", extra, self.transport.getPeer(), self.transport.getHost())
         opening.addCallbacks(self._opened, self._refused)
         return opening
 

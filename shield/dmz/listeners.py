@@ -27,6 +27,7 @@ from shield.dmz.admission import ClientGate
 from shield.dmz.balancer import BalancedHttpFactory, BalancedTcpFactory, BalancerFront
 from shield.dmz.frontplane_tcp import PublicTcpFactory
 from shield.dmz.frontplane_ws import websocket_site
+from shield.dmz.proxy_door import ProxyHeaderFactory
 from shield.dmz.service import ServiceFront
 from shield.net import tcp_server_endpoint
 from shield.ops.once import Once
@@ -91,7 +92,23 @@ def plan(
         if scheme == "wss":
             factory = TLSMemoryBIOFactory(tls_certs[key], False, site)
         listeners.append(Listener(Uri(scheme, host, port), factory, f"service {', '.join(names)} ({scheme})"))
-    return listeners
+    return [_with_proxy_protocol(listener, services, gate) for listener in listeners]
+
+
+def _with_proxy_protocol(listener: Listener, services: Sequence[DmzService], gate: ClientGate) -> Listener:
+    """A port whose services take PROXY headers (``proxy-protocol-from``; services sharing a
+    port have the same list, the loader checks) reads them first, before TLS or HTTP."""
+    sharing = [
+        service for service in services
+        if any((uri.scheme, uri.host, uri.port) == listener.key for uri in service.accept)
+    ]  # fmt: skip
+    networks = sharing[0].proxy_protocol_from if sharing else ()
+    if not networks:
+        return listener
+    timeout = min(service.limits.handshake_timeout for service in sharing)
+    label = sharing[0].name if len(sharing) == 1 else ""
+    factory = ProxyHeaderFactory(listener.factory, networks, timeout, gate, label, str(listener.uri))
+    return listener._replace(factory=factory, what=f"{listener.what}, PROXY protocol from {', '.join(map(str, networks))}")
 
 
 def _balancer_listeners(

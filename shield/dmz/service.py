@@ -7,13 +7,15 @@ link choice, the same metrics and the same one-line log for a refusal.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 
 from shield.config.model import DmzService
 from shield.dmz.admission import ClientGate, Refusal, Ticket
 from shield.dmz.throttle import IdleWatch, PacedSide
 from shield.dmz.tunnel import OpenFailed, TunnelOpener, TunnelStream
+from shield.link.client_ends import endpoint_of, ends_metadata
+from shield.proxy_protocol.header import Endpoint
 from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
 from shield.relay import Relay, Side
 
@@ -47,8 +49,18 @@ class ServiceFront:
         self.metrics.refusals.labels(service=self.name, limit=limit).inc()
         self.gate.note(self.name, limit, line)
 
-    def open(self, client: str, transport: str, extra: tuple[tuple[str, str], ...] = ()) -> Deferred[TunnelStream]:
-        metadata = (("transport", transport),) + extra
+    def open(
+        self,
+        client: str,
+        transport: str,
+        extra: tuple[tuple[str, str], ...] = (),
+        peer: IAddress | None = None,
+        host: IAddress | None = None,
+    ) -> Deferred[TunnelStream]:
+        """Open a tunnel for ``client`` (its label); ``peer`` and ``host``, the connection's two
+        ends (``getPeer``, ``getHost``), go to the connector as structured metadata."""
+        ends = ends_metadata(_endpoint(peer), _endpoint(host))
+        metadata = (("transport", transport),) + extra + ends
         return self.opener.open(self.name, client, metadata, self.config.open_timeout)
 
     def refused(self, client: str, transport: str, failure: OpenFailed) -> None:
@@ -99,3 +111,7 @@ class ServiceFront:
 
                 idle = IdleWatch(limits.idle_timeout, self.clock, expired, relay.moved)
         return relay
+
+
+def _endpoint(address: IAddress | None) -> Endpoint | None:
+    return endpoint_of(getattr(address, "host", None), getattr(address, "port", None))

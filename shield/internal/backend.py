@@ -21,7 +21,6 @@ from typing import Callable, ClassVar, cast
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
@@ -32,11 +31,13 @@ from shield.config.model import InternalService
 from shield.internal.health import describe as describe_failure
 from shield.lifecycle import Lifecycle, Transitions
 from shield.link.wire import MessageReader, OpenReply, OpenRequest, OpenStatus, WireError, encode
-from shield.net import set_no_delay, stream_client_endpoint
+from shield.internal.dialing import OWN_CONNECTION, backend_endpoint
+from shield.link.client_ends import client_ends
+from shield.net import set_no_delay
+from shield.proxy_protocol.header import ProxyHeader
 from shield.mux.budget import BufferBudget
 from shield.ops.metrics import TO_BACKEND, TO_CLIENT, Metrics
 from shield.relay import Relay, RelayedProtocol
-from shield.tls.contexts import backend_client_options
 from shield.transports import IGatewayReactor
 from shield.ops.ratelog import RateLimitedLog
 
@@ -329,7 +330,7 @@ class BackendStream(RelayedProtocol):
         self._transition(BackendStreamEvent.SERVICE_KNOWN)
         self._service = service
         self.transport.pauseProducing()  # nothing more from the DMZ until the backend is there
-        self._dialing = self.gateway.dial(service)
+        self._dialing = self.gateway.dial(service, self.gateway.proxy_header(service, request))
         self._dialing.addCallbacks(self._connected, self._dial_failed)
 
     def _answer(self, reply: OpenReply) -> None:
@@ -406,12 +407,29 @@ class BackendDialer:
         self.reactor = reactor
         #: Told of every dial's outcome (service, connected, why not): passive health evidence.
         self.observe = observe if observe is not None else (lambda service, ok, why: None)
+        self._told_unknown: set[str] = set()  # services whose OPENs came without client addresses
 
-    def dial(self, service: InternalService) -> Deferred[BackendConnection]:
-        endpoint = stream_client_endpoint(self.reactor, service.connect, service.connect_timeout)
-        if service.connect.scheme == "tls":
-            options = backend_client_options(service.server_name or service.connect.host, service.ca)
-            endpoint = wrapClientTLS(options, endpoint)
+    def proxy_header(self, service: InternalService, request: OpenRequest) -> ProxyHeader | None:
+        """What the backend is told of the client (``proxy-protocol``): its two ends from the
+        OPEN's metadata; without them, a header that says nothing (v1 UNKNOWN, v2 LOCAL), and
+        one log line per service saying why."""
+        if service.proxy_protocol is None:
+            return None
+        ends = client_ends(request.metadata)
+        if isinstance(ends, ProxyHeader):
+            return ends
+        if service.name not in self._told_unknown:
+            self._told_unknown.add(service.name)
+            log.warn(
+                "service {service!r}: PROXY {version} header without addresses to its backend: {why}"
+                " (said once per service)",
+                service=service.name, version=service.proxy_protocol.value, why=ends,
+            )  # fmt: skip
+        return OWN_CONNECTION
+
+    def dial(self, service: InternalService, header: ProxyHeader | None = None) -> Deferred[BackendConnection]:
+        """Connect to ``service``'s backend, ``header`` first if it has ``proxy-protocol``."""
+        endpoint = backend_endpoint(self.reactor, service, service.connect_timeout, header)
         factory = Factory.forProtocol(BackendConnection)
         factory.noisy = False
         connecting = cast("Deferred[BackendConnection]", endpoint.connect(factory))

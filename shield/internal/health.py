@@ -32,7 +32,6 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
-from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
@@ -43,8 +42,8 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from shield.config.model import InternalService
-from shield.net import stream_client_endpoint
-from shield.tls.contexts import backend_client_options, describe_tls_failure
+from shield.internal.dialing import backend_endpoint
+from shield.tls.contexts import describe_tls_failure
 from shield.transports import IStreamTransport
 from shield.transports import IGatewayReactor
 
@@ -206,22 +205,18 @@ class BackendMonitor:
 
         return checking.addBoth(done)
 
-    def _endpoint(self) -> IStreamClientEndpoint:
+    def _endpoint(self, tls: bool = True) -> IStreamClientEndpoint:
+        """The backend as a client reaches it (a PROXY header of our own first, with
+        ``proxy-protocol``: v1 UNKNOWN or v2 LOCAL); ``tls`` False: the socket only."""
         service = self.service
-        endpoint = stream_client_endpoint(self.reactor, service.connect, service.health_timeout)
-        if service.connect.scheme == "tls":
-            options = backend_client_options(service.server_name or service.connect.host, service.ca)
-            endpoint = wrapClientTLS(options, endpoint)
-        return endpoint
+        return backend_endpoint(self.reactor, service, service.health_timeout, None, tls)
 
     @inlineCallbacks
     def _run_check(self):
         service = self.service
         kind = service.health_check
         if kind == "connect":
-            yield stream_client_endpoint(self.reactor, service.connect, service.health_timeout).connect(
-                _quiet(Factory.forProtocol(_Hangup))
-            )
+            yield self._endpoint(tls=False).connect(_quiet(Factory.forProtocol(_Hangup)))
             return None
         if kind == "tls":
             handshake: Deferred[None] = Deferred()

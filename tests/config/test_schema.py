@@ -55,12 +55,12 @@ EXPECTED_KEYS = {
     "dmz.limits": "max-connections, max-connections-per-source, handshake-timeout, idle-timeout, bytes-per-second",
     "dmz.service": "name, accept, allow-origin, max-message-size, ws-ping-interval, open-timeout, cert, type, "
     "mode, balance, auth, tokens, client-ca, max-connections, max-connections-per-source, handshake-timeout, "
-    "idle-timeout, bytes-per-second",
+    "idle-timeout, bytes-per-second, proxy-protocol-from",
     "internal": "name, admin, priority, grace-period, max-pending-opens, buffer-budget, backplane, service",
     "internal.backplane": "connect, server-name, links, cert, ca, keepalive-interval, keepalive-misses, "
     "stream-window, stream-window-max, resolve-interval, max-streams, proxy, proxy-auth-file",
     "internal.service": "name, connect, connect-timeout, ca, server-name, health-check, health-interval, "
-    "health-timeout, health-rise, health-fall, health-path, health-status",
+    "health-timeout, health-rise, health-fall, health-path, health-status, proxy-protocol",
 }
 PLACEHOLDERS = ("dmz1.pem", "internal1.pem", "ca.pem", "public.pem", "clients-ca.pem")
 PROXY_AUTH = ("proxy-auth", b"connector:secret\n")  # a file whose content is checked
@@ -187,7 +187,7 @@ def every_key_dmz() -> dict[str, Any]:
         "max-message-size": 1000, "ws-ping-interval": 5, "open-timeout": 4, "cert": "public.pem",
         "balance": ["ws://127.0.0.1:8000/echo"], "auth": "token", "tokens": [HASH],
         "max-connections": 5, "max-connections-per-source": 2, "handshake-timeout": 3.0, "idle-timeout": 60,
-        "bytes-per-second": 100,
+        "bytes-per-second": 100, "proxy-protocol-from": ["10.0.0.0/8"],
     }  # fmt: skip
     balancer = {"name": "lb", "accept": ["wss://127.0.0.1:8444/lb"], "cert": "public.pem", "type": "balancer",
                 "mode": "redirect", "auth": "mtls", "client-ca": "clients-ca.pem"}  # fmt: skip
@@ -228,6 +228,7 @@ def every_key_internal(proxy: bool = False) -> dict[str, Any]:
                 "name": "web", "connect": "tls://backend.example:443", "connect-timeout": 1, "ca": "ca.pem",
                 "server-name": "backend", "health-check": "http", "health-interval": 1, "health-timeout": 1,
                 "health-rise": 4, "health-fall": 5, "health-path": "/health", "health-status": 204,
+                "proxy-protocol": "v2",
             }],
         }
     }  # fmt: skip

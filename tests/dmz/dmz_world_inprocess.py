@@ -55,7 +55,8 @@ from shield.dmz.links import ConnectorLink, LinkRegistry
 from shield.dmz.tunnel import OpenFailed, TunnelOpener, TunnelStream
 from shield import __version__
 from shield.internal.backend import BackendConnection, BackendDialer, BackendStreamFactory
-from shield.link.wire import Announce
+from shield.link.wire import Announce, OpenRequest
+from shield.proxy_protocol.header import ProxyHeader
 from shield.internal.link import ConnectorLinkEnd
 from shield.mux.config import MuxConfig
 from shield.ops.metrics import Metrics
@@ -242,8 +243,13 @@ class Dialer(BackendDialer):
         self.held: list[Deferred[BackendConnection]] = []
         self.backends: list[Pipe] = []
         self.backend_limit: int | None = None
+        self.opens: list[OpenRequest] = []  # each OPEN that named a known service, in order
 
-    def dial(self, service: InternalService) -> Deferred[BackendConnection]:
+    def proxy_header(self, service: InternalService, request: OpenRequest) -> ProxyHeader | None:
+        self.opens.append(request)
+        return super().proxy_header(service, request)
+
+    def dial(self, service: InternalService, header: ProxyHeader | None = None) -> Deferred[BackendConnection]:
         self.dials.append(service.name)
         if self.mode == "refuse":
             return fail(error.ConnectionRefusedError("connection refused"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HARNESSES = ["fuzz_frames.py", "fuzz_open_header.py"]
+HARNESSES = ["fuzz_frames.py", "fuzz_open_header.py", "fuzz_proxy_header.py"]
 RUNS = 4000
 
 

@@ -21,6 +21,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
+from shield.proxy_protocol.header import ProxyHeader
 from shield.config.model import InternalService, Uri
 from shield.internal.backend import (
     OPEN_HEADER_TIMEOUT,
@@ -49,7 +50,7 @@ class HeldDialer(BackendDialer):
         super().__init__((SERVICE,), Metrics(), clock)
         self.dials: list[Deferred[BackendConnection]] = []
 
-    def dial(self, service: InternalService) -> Deferred[BackendConnection]:
+    def dial(self, service: InternalService, header: ProxyHeader | None = None) -> Deferred[BackendConnection]:
         dialing: Deferred[BackendConnection] = Deferred()
         self.dials.append(dialing)
         return dialing
