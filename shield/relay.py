@@ -17,6 +17,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.internet import error, protocol
 from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -70,11 +71,21 @@ class TransportSide:
         self.transport.write(data)
 
     def send_eof(self) -> None:
-        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        transport = self.transport
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            # TLS: the close_notify alert is the end of this direction (TLS 1.3 keeps reading
+            # after it; the peer's own close_notify, or its hang-up, ends the connection). Twisted
+            # sends it once no producer is registered: the other side has finished producing.
+            # (Never the TCP socket's half-close, which Twisted's TLS wrapper would hand on to
+            # the socket under it: the peer would get neither the alert nor the FIN.)
+            transport.unregisterProducer()
+            transport.loseConnection()
+            return
+        lose_write = getattr(transport, "loseWriteConnection", None)
         if lose_write is not None:
             lose_write()
         else:
-            self.transport.loseConnection()
+            transport.loseConnection()
 
     def close(self) -> None:
         # TLS transports postpone their shutdown while a producer is registered.

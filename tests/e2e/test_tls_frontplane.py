@@ -96,3 +96,32 @@ def test_tls_client_that_never_handshakes_costs_no_tunnel(topology: Topology) ->
 
     asyncio.run(idle_clients())
     assert "connection from" not in backend.log()
+
+
+def test_a_tls_client_gets_the_end_of_what_the_backend_sent(topology: Topology) -> None:
+    """A backend that answers and closes (HTTP/1.0 style): the tls:// client reads the whole answer
+    and then the end of the stream (TLS close_notify), every time, instead of waiting forever.
+    It used to hang: the backend's EOF became a TCP half-close under the TLS layer, which sent
+    the client neither the alert nor the FIN."""
+    certs = topology.certs(["internal1"], dmz_names=["dmz1", "public"])
+    _, backend = topology.start_backend("source")
+    tls = f"tls://127.0.0.1:{topology.port('tls')}"
+    topology.dmz_config({"source": {"accept": [tls], "cert": "certs/public.pem"}}, {"internal1": ["source"]})
+    topology.internal_config("internal1", {"source": f"tcp://127.0.0.1:{backend}"})
+    topology.start_dmz()
+    topology.start_connector("internal1")
+    topology.dmz_ready()
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+
+    async def one(size: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", topology.port("tls"), ssl=context, server_hostname="public")
+        writer.write(size.to_bytes(8, "big"))
+        await writer.drain()
+        received = await asyncio.wait_for(reader.read(), 10)  # to the end of the stream
+        writer.close()
+        return len(received)
+
+    async def many() -> list[int]:
+        return [await one(size) for size in (1, 5, 4096, 100_000, 1_000_000) * 6]
+
+    assert asyncio.run(many()) == [1, 5, 4096, 100_000, 1_000_000] * 6
