@@ -178,6 +178,19 @@ def test_a_proxy_answering_502_is_one_line_naming_it(topology: Topology) -> None
     assert connector.stop() == 0
 
 
+def test_a_proxy_that_never_answers_is_one_line_after_ten_seconds(topology: Topology) -> None:
+    dmz_and_backend(topology)
+    start_proxy(topology, "--hang")
+    proxied_connector(topology, topology.port("proxy"), auth=None)
+    connector = topology.start_connector("internal1", wait=False)
+    endpoint = f"{DMZ_HOST}:{topology.port('backplane')}"
+    line = f"link to {endpoint}: proxy 127.0.0.1:{topology.port('proxy')} did not answer CONNECT {endpoint} within 10 s; retrying in"
+    connector.wait_for_log(line, timeout=20)
+    status, body = http_get(topology.url("admin-internal1", path="/readyz"))
+    assert status == 503 and f"endpoint {endpoint}: no live link" in body, body
+    assert connector.stop() == 0
+
+
 def test_check_config_names_a_bad_proxy_key(topology: Topology) -> None:
     topology.certs(["internal1"])
     proxied_connector(topology, 3128)
